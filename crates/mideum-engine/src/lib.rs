@@ -1,0 +1,1 @@
+//! Sequences, KV cache, sampler and the generation loop.

@@ -1,0 +1,1 @@
+//! Korean personal-data detection, masking and reversible pseudonymization.

@@ -1,0 +1,1 @@
+//! Checkpoints, tokenizer, chat template and the forward pass.
