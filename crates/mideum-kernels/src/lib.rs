@@ -1,1 +1,16 @@
-//! Numeric kernels.
+//! The numeric hot path of Mideum: dot products over f32/bf16/f16 weights with runtime CPU
+//! dispatch (each SIMD path has a scalar twin it is tested against), matrix products over
+//! row-major weights, RMSNorm, RoPE, softmax and SwiGLU.
+//!
+//! This crate knows nothing about models, files or HTTP. Weights arrive as plain slices
+//! (`WeightView`), usually straight out of a memory map.
+
+pub mod dot;
+pub mod matmul;
+pub mod ops;
+pub mod par;
+
+pub use dot::{bf16_to_f32, f16_to_f32, DotKernel};
+pub use matmul::{matmul, WeightView};
+pub use ops::RopeLayout;
+pub use par::ThreadPool;
