@@ -39,7 +39,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import copy  # noqa: E402
 import datetime as _dt  # noqa: E402
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
@@ -1168,9 +1167,6 @@ def golden_model(spec, cfg, tokenizer, eot_id):
 # ---------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 def main():
     import torch
@@ -1205,6 +1201,13 @@ def main():
             write_gguf(spec, cfg, stored, tok_json, tok_cfg, gpath)
             check_gguf(spec, cfg, stored, gpath)
         g = golden_model(spec, cfg, hf_tok, eot_id)
+        theta, scaling = rope_params(cfg)
+        if scaling is not None and scaling.get("rope_type") == "llama3":
+            # GGUF rope_freqs (divisors) must reproduce HF's llama3 inverse frequencies.
+            hd = spec["config"]["head_dim"]
+            base = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+            factors = torch.from_numpy(llama3_rope_factors(theta, hd, scaling))
+            assert torch.allclose(base / factors, torch.tensor(g["rope_inv_freq"]), rtol=1e-6, atol=0)
         _dump_json(GOLDEN / f"{spec['name']}.json", g)
         mins = [r["min_top2_gap"] for r in g["greedy"]]
         uniq = [len(set(r["ids"])) for r in g["greedy"]]
