@@ -514,7 +514,7 @@ def make_weights(spec, vocab_size):
     return w
 
 
-def full_config(spec, vocab_size, eot_id):
+def full_config(spec, vocab_size):
     """config.json content: transformers-4 style written by hand; transformers-5 style taken from
     what transformers itself serializes (LlamaConfig.to_json_string via save_pretrained)."""
     c = spec["config"]
@@ -594,7 +594,7 @@ def save_safetensors(spec, weights, out: Path):
 def write_model_dir(spec, weights, vocab_size, eot_id):
     out = MODELS / spec["name"]
     out.mkdir(parents=True, exist_ok=True)
-    cfg = full_config(spec, vocab_size, eot_id)
+    cfg = full_config(spec, vocab_size)
     _dump_json(out / "config.json", cfg)
     gen = dict(GEN_CONFIG_BASE)
     gen["eos_token_id"] = [2, eot_id]
@@ -1165,7 +1165,6 @@ def golden_model(spec, cfg, tokenizer, eot_id):
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
-
 
 
 def main():
