@@ -10,13 +10,32 @@ use serde_json::Value;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (equivalently, frequencies divided).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// NTK-aware base growth once the sequence exceeds `original_max`.
-    Dynamic { factor: f64, original_max: usize },
+    Dynamic {
+        factor: f64,
+        original_max: usize,
+    },
     /// Llama 3.1 frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max: usize },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max: usize,
+    },
     /// YaRN (NTK-by-parts with attention temperature).
-    Yarn { factor: f64, original_max: usize, beta_fast: f64, beta_slow: f64, mscale: Option<f64>, mscale_all_dim: Option<f64>, attention_factor: Option<f64>, truncate: bool },
+    Yarn {
+        factor: f64,
+        original_max: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        mscale: Option<f64>,
+        mscale_all_dim: Option<f64>,
+        attention_factor: Option<f64>,
+        truncate: bool,
+    },
     /// Per-frequency divisors stored in a GGUF `rope_freqs.weight` tensor.
     Factors(Vec<f32>),
 }
@@ -45,10 +64,9 @@ pub struct ModelConfig {
 fn get_usize(v: &Value, key: &str) -> Result<Option<usize>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_u64()
-            .map(|n| Some(n as usize))
-            .ok_or_else(|| ModelError::Config(format!("`{key}` must be a non-negative integer, found {x}"))),
+        Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+            ModelError::Config(format!("`{key}` must be a non-negative integer, found {x}"))
+        }),
     }
 }
 
@@ -76,9 +94,15 @@ pub(crate) fn token_id_list(v: Option<&Value>, key: &str) -> Result<Vec<u32>> {
             .ok_or_else(|| ModelError::Config(format!("`{key}` must be a token id, found {n}"))),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_u64().map(|x| x as u32).ok_or_else(|| ModelError::Config(format!("`{key}` must list token ids, found {x}"))))
+            .map(|x| {
+                x.as_u64().map(|x| x as u32).ok_or_else(|| {
+                    ModelError::Config(format!("`{key}` must list token ids, found {x}"))
+                })
+            })
             .collect(),
-        Some(x) => Err(ModelError::Config(format!("`{key}` must be a token id or a list of them, found {x}"))),
+        Some(x) => Err(ModelError::Config(format!(
+            "`{key}` must be a token id or a list of them, found {x}"
+        ))),
     }
 }
 
@@ -88,12 +112,20 @@ impl ModelConfig {
         if !v.is_object() {
             return Err(ModelError::Config("expected a JSON object".into()));
         }
-        let architecture = match v.get("architectures").and_then(|a| a.as_array()).and_then(|a| a.first()) {
+        let architecture = match v
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+        {
             Some(Value::String(s)) => s.clone(),
             _ => match v.get("model_type").and_then(|m| m.as_str()) {
                 Some("llama") => "LlamaForCausalLM".to_string(),
                 Some(other) => other.to_string(),
-                None => return Err(ModelError::Config("missing `architectures` (expected [\"LlamaForCausalLM\"])".into())),
+                None => {
+                    return Err(ModelError::Config(
+                        "missing `architectures` (expected [\"LlamaForCausalLM\"])".into(),
+                    ))
+                }
             },
         };
         if architecture != "LlamaForCausalLM" {
@@ -103,7 +135,9 @@ impl ModelConfig {
         let num_heads = require_usize(v, "num_attention_heads")?;
         let num_kv_heads = get_usize(v, "num_key_value_heads")?.unwrap_or(num_heads);
         if num_heads == 0 || hidden_size == 0 {
-            return Err(ModelError::Config("`hidden_size` and `num_attention_heads` must be positive".into()));
+            return Err(ModelError::Config(
+                "`hidden_size` and `num_attention_heads` must be positive".into(),
+            ));
         }
         let head_dim = match get_usize(v, "head_dim")? {
             Some(h) => h,
@@ -122,16 +156,22 @@ impl ModelConfig {
             )));
         }
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(ModelError::Config(format!("head_dim must be even and positive, found {head_dim}")));
+            return Err(ModelError::Config(format!(
+                "head_dim must be even and positive, found {head_dim}"
+            )));
         }
         if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str()) {
             if act != "silu" {
-                return Err(ModelError::Config(format!("hidden_act {act:?} is not supported (expected \"silu\")")));
+                return Err(ModelError::Config(format!(
+                    "hidden_act {act:?} is not supported (expected \"silu\")"
+                )));
             }
         }
         for flag in ["attention_bias", "mlp_bias"] {
             if v.get(flag).and_then(|b| b.as_bool()) == Some(true) {
-                return Err(ModelError::Config(format!("`{flag}: true` is not supported by the Llama forward pass")));
+                return Err(ModelError::Config(format!(
+                    "`{flag}: true` is not supported by the Llama forward pass"
+                )));
             }
         }
         let max_position_embeddings = get_usize(v, "max_position_embeddings")?.unwrap_or(2048);
@@ -163,7 +203,10 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings,
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|b| b.as_bool()).unwrap_or(false),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(false),
             bos_token_id: get_usize(v, "bos_token_id")?.map(|x| x as u32),
             eos_token_ids: token_id_list(v.get("eos_token_id"), "eos_token_id")?,
             dtype: v
@@ -191,9 +234,12 @@ fn parse_rope_scaling(s: &Value, max_pos: usize) -> Result<RopeScaling> {
         .and_then(|t| t.as_str())
         .unwrap_or("default");
     let factor = || -> Result<f64> {
-        let f = get_f64(s, "factor")?.ok_or_else(|| ModelError::Config(format!("rope scaling `{kind}` needs `factor`")))?;
+        let f = get_f64(s, "factor")?
+            .ok_or_else(|| ModelError::Config(format!("rope scaling `{kind}` needs `factor`")))?;
         if f < 1.0 {
-            return Err(ModelError::Config(format!("rope scaling factor must be >= 1, found {f}")));
+            return Err(ModelError::Config(format!(
+                "rope scaling factor must be >= 1, found {f}"
+            )));
         }
         Ok(f)
     };
@@ -201,12 +247,19 @@ fn parse_rope_scaling(s: &Value, max_pos: usize) -> Result<RopeScaling> {
     Ok(match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor: factor()? },
-        "dynamic" => RopeScaling::Dynamic { factor: factor()?, original_max: original.unwrap_or(max_pos) },
+        "dynamic" => RopeScaling::Dynamic {
+            factor: factor()?,
+            original_max: original.unwrap_or(max_pos),
+        },
         "llama3" => RopeScaling::Llama3 {
             factor: factor()?,
             low_freq_factor: get_f64(s, "low_freq_factor")?.unwrap_or(1.0),
             high_freq_factor: get_f64(s, "high_freq_factor")?.unwrap_or(4.0),
-            original_max: original.ok_or_else(|| ModelError::Config("llama3 rope scaling needs `original_max_position_embeddings`".into()))?,
+            original_max: original.ok_or_else(|| {
+                ModelError::Config(
+                    "llama3 rope scaling needs `original_max_position_embeddings`".into(),
+                )
+            })?,
         },
         "yarn" => RopeScaling::Yarn {
             factor: factor()?,
@@ -218,7 +271,9 @@ fn parse_rope_scaling(s: &Value, max_pos: usize) -> Result<RopeScaling> {
             attention_factor: get_f64(s, "attention_factor")?,
             truncate: s.get("truncate").and_then(|b| b.as_bool()).unwrap_or(true),
         },
-        other => return Err(ModelError::Config(format!("unsupported rope scaling type {other:?} (supported: linear, dynamic, llama3, yarn)"))),
+        other => return Err(ModelError::Config(format!(
+            "unsupported rope scaling type {other:?} (supported: linear, dynamic, llama3, yarn)"
+        ))),
     })
 }
 
@@ -286,7 +341,13 @@ mod tests {
         o.insert("eos_token_id".into(), json!([2, 131301]));
         let c = ModelConfig::from_json(&v).unwrap();
         assert_eq!(c.rope_theta, 500000.0);
-        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_max: 8192, .. }));
+        assert!(matches!(
+            c.rope_scaling,
+            RopeScaling::Llama3 {
+                original_max: 8192,
+                ..
+            }
+        ));
         assert_eq!(c.eos_token_ids, vec![2, 131301]);
     }
 
@@ -294,16 +355,25 @@ mod tests {
     fn bad_configs_are_clear_errors() {
         let mut v = midm_mini();
         v["architectures"] = json!(["MistralForCausalLM"]);
-        assert!(matches!(ModelConfig::from_json(&v), Err(ModelError::UnsupportedArchitecture(_))));
+        assert!(matches!(
+            ModelConfig::from_json(&v),
+            Err(ModelError::UnsupportedArchitecture(_))
+        ));
         let mut v = midm_mini();
         v.as_object_mut().unwrap().remove("hidden_size");
-        assert!(ModelConfig::from_json(&v).unwrap_err().to_string().contains("hidden_size"));
+        assert!(ModelConfig::from_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("hidden_size"));
         let mut v = midm_mini();
         v["num_key_value_heads"] = json!(5);
         assert!(ModelConfig::from_json(&v).is_err());
         let mut v = midm_mini();
         v["rope_scaling"] = json!({"type": "weird", "factor": 2.0});
-        assert!(ModelConfig::from_json(&v).unwrap_err().to_string().contains("weird"));
+        assert!(ModelConfig::from_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("weird"));
         assert!(ModelConfig::from_json(&json!([1, 2])).is_err());
         let mut v = midm_mini();
         v["hidden_size"] = json!("big");

@@ -6,10 +6,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
@@ -38,17 +44,29 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        ModelError::Format { path: path.into(), msg: msg.into() }
+        ModelError::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 
     pub(crate) fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
-        ModelError::Tensor { name: name.into(), msg: msg.into() }
+        ModelError::Tensor {
+            name: name.into(),
+            msg: msg.into(),
+        }
     }
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
 
 pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_slice(&bytes).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| ModelError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -128,9 +128,19 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| {
-            ModelError::format(self.path, format!("unexpected end of file at byte {} (truncated GGUF?)", self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| {
+                ModelError::format(
+                    self.path,
+                    format!(
+                        "unexpected end of file at byte {} (truncated GGUF?)",
+                        self.pos
+                    ),
+                )
+            })?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -157,14 +167,22 @@ impl<'a> Cursor<'a> {
         let n = self.u64()?;
         let remaining = (self.b.len() - self.pos) as u64;
         if n.saturating_mul(min_size.max(1) as u64) > remaining {
-            return Err(ModelError::format(self.path, format!("{what} count {n} does not fit in the file (corrupted GGUF?)")));
+            return Err(ModelError::format(
+                self.path,
+                format!("{what} count {n} does not fit in the file (corrupted GGUF?)"),
+            ));
         }
         Ok(n as usize)
     }
     fn string(&mut self) -> Result<String> {
         let n = self.count(1, "string length")?;
         let s = self.take(n)?;
-        String::from_utf8(s.to_vec()).map_err(|_| ModelError::format(self.path, format!("invalid UTF-8 in a string at byte {}", self.pos - n)))
+        String::from_utf8(s.to_vec()).map_err(|_| {
+            ModelError::format(
+                self.path,
+                format!("invalid UTF-8 in a string at byte {}", self.pos - n),
+            )
+        })
     }
     fn value(&mut self, ty: u32, depth: usize) -> Result<GgufValue> {
         Ok(match ty {
@@ -192,7 +210,12 @@ impl<'a> Cursor<'a> {
             10 => GgufValue::U64(self.u64()?),
             11 => GgufValue::I64(self.u64()? as i64),
             12 => GgufValue::F64(f64::from_bits(self.u64()?)),
-            t => return Err(ModelError::format(self.path, format!("unknown metadata value type {t} at byte {}", self.pos))),
+            t => {
+                return Err(ModelError::format(
+                    self.path,
+                    format!("unknown metadata value type {t} at byte {}", self.pos),
+                ))
+            }
         })
     }
 }
@@ -203,11 +226,17 @@ impl GgufFile {
         let b = file.bytes();
         let mut c = Cursor { b, pos: 0, path };
         if c.take(4).ok() != Some(b"GGUF".as_slice()) {
-            return Err(ModelError::format(path, "not a GGUF file (missing GGUF magic)"));
+            return Err(ModelError::format(
+                path,
+                "not a GGUF file (missing GGUF magic)",
+            ));
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(ModelError::format(path, format!("GGUF version {version} is not supported (expected 2 or 3)")));
+            return Err(ModelError::format(
+                path,
+                format!("GGUF version {version} is not supported (expected 2 or 3)"),
+            ));
         }
         let n_tensors = c.count(24, "tensor")?;
         let n_kv = c.count(13, "metadata")?;
@@ -223,19 +252,40 @@ impl GgufFile {
             let name = c.string()?;
             let nd = c.u32()? as usize;
             if nd == 0 || nd > 4 {
-                return Err(ModelError::format(path, format!("tensor {name}: {nd} dimensions (expected 1 to 4)")));
+                return Err(ModelError::format(
+                    path,
+                    format!("tensor {name}: {nd} dimensions (expected 1 to 4)"),
+                ));
             }
             let dims = (0..nd).map(|_| c.u64()).collect::<Result<Vec<_>>>()?;
             let ggml_type = c.u32()?;
             let offset = c.u64()?;
-            tensor_infos.push(GgufTensorInfo { name, dims, ggml_type, offset });
+            tensor_infos.push(GgufTensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+            });
         }
-        let align = metadata.get("general.alignment").and_then(|v| v.as_u64()).unwrap_or(32) as usize;
+        let align = metadata
+            .get("general.alignment")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(32) as usize;
         if align == 0 || !align.is_power_of_two() {
-            return Err(ModelError::format(path, format!("general.alignment {align} is not a power of two")));
+            return Err(ModelError::format(
+                path,
+                format!("general.alignment {align} is not a power of two"),
+            ));
         }
         let data_start = c.pos.div_ceil(align) * align;
-        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensor_infos, data_start, file })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensor_infos,
+            data_start,
+            file,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
@@ -254,11 +304,21 @@ impl GgufFile {
             let dtype = ggml_dtype(t.ggml_type).ok_or_else(|| {
                 ModelError::tensor(
                     &t.name,
-                    format!("GGML type {} ({}) is not supported yet (F32, F16 and BF16 are)", t.ggml_type, ggml_type_name(t.ggml_type)),
+                    format!(
+                        "GGML type {} ({}) is not supported yet (F32, F16 and BF16 are)",
+                        t.ggml_type,
+                        ggml_type_name(t.ggml_type)
+                    ),
                 )
             })?;
-            let numel = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| ModelError::tensor(&t.name, "shape overflows"))?;
-            let nbytes = numel.checked_mul(dtype.size() as u64).ok_or_else(|| ModelError::tensor(&t.name, "size overflows"))?;
+            let numel = t
+                .dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| ModelError::tensor(&t.name, "shape overflows"))?;
+            let nbytes = numel
+                .checked_mul(dtype.size() as u64)
+                .ok_or_else(|| ModelError::tensor(&t.name, "size overflows"))?;
             let start = (self.data_start as u64).checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(nbytes));
             let (start, end) = match (start, end) {
@@ -266,12 +326,18 @@ impl GgufFile {
                 _ => {
                     return Err(ModelError::format(
                         &self.path,
-                        format!("tensor {} extends past the end of the file (truncated GGUF?)", t.name),
+                        format!(
+                            "tensor {} extends past the end of the file (truncated GGUF?)",
+                            t.name
+                        ),
                     ))
                 }
             };
             let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-            out.insert(t.name.clone(), Tensor::mapped(&t.name, dtype, shape, self.file.clone(), start, end));
+            out.insert(
+                t.name.clone(),
+                Tensor::mapped(&t.name, dtype, shape, self.file.clone(), start, end),
+            );
         }
         Ok(out)
     }

@@ -81,7 +81,9 @@ impl KvCache {
             let need = buf.len() + new.len();
             if need > buf.capacity() {
                 let step = 256 * self.kv_dim;
-                let target = (need.div_ceil(step) * step).min(self.max_len * self.kv_dim).max(need);
+                let target = (need.div_ceil(step) * step)
+                    .min(self.max_len * self.kv_dim)
+                    .max(need);
                 buf.reserve_exact(target - buf.len());
             }
             buf.extend_from_slice(new);
@@ -90,7 +92,11 @@ impl KvCache {
 
     /// Bytes currently held.
     pub fn bytes(&self) -> usize {
-        self.k.iter().chain(self.v.iter()).map(|l| l.capacity() * 4).sum()
+        self.k
+            .iter()
+            .chain(self.v.iter())
+            .map(|l| l.capacity() * 4)
+            .sum()
     }
 }
 
@@ -102,7 +108,8 @@ pub enum Logits {
 }
 
 fn take(t: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
-    t.remove(name).ok_or_else(|| ModelError::tensor(name, "missing from the checkpoint"))
+    t.remove(name)
+        .ok_or_else(|| ModelError::tensor(name, "missing from the checkpoint"))
 }
 
 fn take_shaped(t: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Tensor> {
@@ -118,11 +125,20 @@ fn norm(t: &mut HashMap<String, Tensor>, name: &str, n: usize) -> Result<Vec<f32
 
 impl Llama {
     /// Builds the model from a checkpoint's tensors, checking every shape against the config.
-    pub fn new(config: ModelConfig, mut t: HashMap<String, Tensor>, scheme: NameScheme, n_threads: usize) -> Result<Llama> {
+    pub fn new(
+        config: ModelConfig,
+        mut t: HashMap<String, Tensor>,
+        scheme: NameScheme,
+        n_threads: usize,
+    ) -> Result<Llama> {
         let c = &config;
         let (h, q, kv, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let hf = scheme == NameScheme::HuggingFace;
-        let embed_name = if hf { "model.embed_tokens.weight" } else { "token_embd.weight" };
+        let embed_name = if hf {
+            "model.embed_tokens.weight"
+        } else {
+            "token_embd.weight"
+        };
         let embed = take_shaped(&mut t, embed_name, &[c.vocab_size, h])?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -145,8 +161,20 @@ impl Llama {
                 w_down: take_shaped(&mut t, &n("mlp.down_proj", "ffn_down"), &[h, ff])?,
             });
         }
-        let final_norm = norm(&mut t, if hf { "model.norm.weight" } else { "output_norm.weight" }, h)?;
-        let head_name = if hf { "lm_head.weight" } else { "output.weight" };
+        let final_norm = norm(
+            &mut t,
+            if hf {
+                "model.norm.weight"
+            } else {
+                "output_norm.weight"
+            },
+            h,
+        )?;
+        let head_name = if hf {
+            "lm_head.weight"
+        } else {
+            "output.weight"
+        };
         let lm_head = match t.remove(head_name) {
             Some(x) => {
                 x.expect_shape(&[c.vocab_size, h])?;
@@ -154,9 +182,18 @@ impl Llama {
             }
             // GGUF omits `output.weight` when embeddings are tied.
             None if c.tie_word_embeddings || !hf => embed.clone(),
-            None => return Err(ModelError::tensor(head_name, "missing (and tie_word_embeddings is false)")),
+            None => {
+                return Err(ModelError::tensor(
+                    head_name,
+                    "missing (and tie_word_embeddings is false)",
+                ))
+            }
         };
-        let rope_layout = if hf { RopeLayout::HalfSplit } else { RopeLayout::Interleaved };
+        let rope_layout = if hf {
+            RopeLayout::HalfSplit
+        } else {
+            RopeLayout::Interleaved
+        };
         Ok(Llama {
             config,
             embed,
@@ -188,7 +225,10 @@ impl Llama {
             s += sz(&self.lm_head);
         }
         for l in &self.layers {
-            s += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|t| sz(t)).sum::<usize>();
+            s += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                .iter()
+                .map(|t| sz(t))
+                .sum::<usize>();
         }
         s
     }
@@ -197,21 +237,48 @@ impl Llama {
     fn rope_freqs(&self, seq_len: usize) -> (Vec<f32>, f32) {
         let c = &self.config;
         let dim = c.head_dim;
-        let base_freqs = |base: f64| -> Vec<f64> { (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64)).collect() };
+        let base_freqs = |base: f64| -> Vec<f64> {
+            (0..dim / 2)
+                .map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64))
+                .collect()
+        };
         let (inv, att): (Vec<f64>, f64) = match &c.rope_scaling {
             RopeScaling::None => (base_freqs(c.rope_theta), 1.0),
-            RopeScaling::Linear { factor } => (base_freqs(c.rope_theta).iter().map(|f| f / factor).collect(), 1.0),
-            RopeScaling::Factors(fs) => (base_freqs(c.rope_theta).iter().zip(fs).map(|(f, &d)| f / d as f64).collect(), 1.0),
-            RopeScaling::Dynamic { factor, original_max } => {
+            RopeScaling::Linear { factor } => (
+                base_freqs(c.rope_theta)
+                    .iter()
+                    .map(|f| f / factor)
+                    .collect(),
+                1.0,
+            ),
+            RopeScaling::Factors(fs) => (
+                base_freqs(c.rope_theta)
+                    .iter()
+                    .zip(fs)
+                    .map(|(f, &d)| f / d as f64)
+                    .collect(),
+                1.0,
+            ),
+            RopeScaling::Dynamic {
+                factor,
+                original_max,
+            } => {
                 let base = if seq_len > *original_max {
                     let s = seq_len as f64;
-                    c.rope_theta * ((factor * s / *original_max as f64) - (factor - 1.0)).powf(dim as f64 / (dim as f64 - 2.0))
+                    c.rope_theta
+                        * ((factor * s / *original_max as f64) - (factor - 1.0))
+                            .powf(dim as f64 / (dim as f64 - 2.0))
                 } else {
                     c.rope_theta
                 };
                 (base_freqs(base), 1.0)
             }
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max,
+            } => {
                 let old = *original_max as f64;
                 let low_wl = old / low_freq_factor;
                 let high_wl = old / high_freq_factor;
@@ -224,23 +291,44 @@ impl Llama {
                         } else if wl > low_wl {
                             f / factor
                         } else {
-                            let smooth = (old / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth =
+                                (old / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
                     .collect();
                 (inv, 1.0)
             }
-            RopeScaling::Yarn { factor, original_max, beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor, truncate } => {
-                let get_mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+            RopeScaling::Yarn {
+                factor,
+                original_max,
+                beta_fast,
+                beta_slow,
+                mscale,
+                mscale_all_dim,
+                attention_factor,
+                truncate,
+            } => {
+                let get_mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * scale.ln() + 1.0
+                    }
+                };
                 let att = match (attention_factor, mscale, mscale_all_dim) {
                     (Some(a), _, _) => *a,
-                    (None, Some(m), Some(ma)) if *m != 0.0 && *ma != 0.0 => get_mscale(*factor, *m) / get_mscale(*factor, *ma),
+                    (None, Some(m), Some(ma)) if *m != 0.0 && *ma != 0.0 => {
+                        get_mscale(*factor, *m) / get_mscale(*factor, *ma)
+                    }
                     _ => get_mscale(*factor, 1.0),
                 };
                 let base = c.rope_theta;
                 let d = dim as f64;
-                let corr = |rot: f64| d * (*original_max as f64 / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
+                let corr = |rot: f64| {
+                    d * (*original_max as f64 / (rot * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * base.ln())
+                };
                 let (mut low, mut high) = (corr(*beta_fast), corr(*beta_slow));
                 if *truncate {
                     low = low.floor();
@@ -276,18 +364,32 @@ impl Llama {
             return Ok(Vec::new());
         }
         if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(ModelError::Input(format!("token id {bad} is outside the model's vocabulary (size {})", c.vocab_size)));
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the model's vocabulary (size {})",
+                c.vocab_size
+            )));
         }
         let p0 = cache.len;
         if p0 + t > cache.max_len {
-            return Err(ModelError::ContextOverflow { tokens: p0 + t, context: cache.max_len });
+            return Err(ModelError::ContextOverflow {
+                tokens: p0 + t,
+                context: cache.max_len,
+            });
         }
-        let (h, qd, kvd, ff, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
+        let (h, qd, kvd, ff, hd) = (
+            c.hidden_size,
+            c.q_dim(),
+            c.kv_dim(),
+            c.intermediate_size,
+            c.head_dim,
+        );
         let (pool, kern) = (&self.pool, self.kern);
 
         let mut x = vec![0f32; t * h];
         for (i, &id) in tokens.iter().enumerate() {
-            self.embed.view().row_f32(id as usize, h, &mut x[i * h..(i + 1) * h]);
+            self.embed
+                .view()
+                .row_f32(id as usize, h, &mut x[i * h..(i + 1) * h]);
         }
         // cos/sin per new position.
         let (inv_freq, att_scale) = self.rope_freqs(p0 + t);
@@ -316,18 +418,36 @@ impl Llama {
 
         for (li, l) in self.layers.iter().enumerate() {
             for i in 0..t {
-                rmsnorm(&x[i * h..(i + 1) * h], &l.attn_norm, c.rms_norm_eps, &mut hbuf[i * h..(i + 1) * h]);
+                rmsnorm(
+                    &x[i * h..(i + 1) * h],
+                    &l.attn_norm,
+                    c.rms_norm_eps,
+                    &mut hbuf[i * h..(i + 1) * h],
+                );
             }
             matmul(pool, kern, &hbuf, t, h, l.wq.view(), qd, &mut q);
             matmul(pool, kern, &hbuf, t, h, l.wk.view(), kvd, &mut k);
             matmul(pool, kern, &hbuf, t, h, l.wv.view(), kvd, &mut v);
             for i in 0..t {
-                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                let (cs, sn) = (
+                    &cos[i * half..(i + 1) * half],
+                    &sin[i * half..(i + 1) * half],
+                );
                 for hh in 0..c.num_heads {
-                    rope(&mut q[i * qd + hh * hd..i * qd + (hh + 1) * hd], cs, sn, self.rope_layout);
+                    rope(
+                        &mut q[i * qd + hh * hd..i * qd + (hh + 1) * hd],
+                        cs,
+                        sn,
+                        self.rope_layout,
+                    );
                 }
                 for hh in 0..c.num_kv_heads {
-                    rope(&mut k[i * kvd + hh * hd..i * kvd + (hh + 1) * hd], cs, sn, self.rope_layout);
+                    rope(
+                        &mut k[i * kvd + hh * hd..i * kvd + (hh + 1) * hd],
+                        cs,
+                        sn,
+                        self.rope_layout,
+                    );
                 }
             }
             cache.append(li, &k, &v);
@@ -342,7 +462,8 @@ impl Llama {
                     let n_ctx = p0 + i + 1;
                     let qv = &qr[i * qd + hh * hd..i * qd + (hh + 1) * hd];
                     for (j, s) in scores[..n_ctx].iter_mut().enumerate() {
-                        *s = kern.dot_f32(qv, &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]) * scale;
+                        *s = kern.dot_f32(qv, &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd])
+                            * scale;
                     }
                     softmax(&mut scores[..n_ctx]);
                     // SAFETY: head `hh` owns columns hh*hd..(hh+1)*hd of every row; heads are distinct tasks.
@@ -360,7 +481,12 @@ impl Llama {
             add_assign(&mut x, &o);
 
             for i in 0..t {
-                rmsnorm(&x[i * h..(i + 1) * h], &l.ffn_norm, c.rms_norm_eps, &mut hbuf[i * h..(i + 1) * h]);
+                rmsnorm(
+                    &x[i * h..(i + 1) * h],
+                    &l.ffn_norm,
+                    c.rms_norm_eps,
+                    &mut hbuf[i * h..(i + 1) * h],
+                );
             }
             matmul(pool, kern, &hbuf, t, h, l.w_gate.view(), ff, &mut gate);
             matmul(pool, kern, &hbuf, t, h, l.w_up.view(), ff, &mut up);
@@ -376,10 +502,24 @@ impl Llama {
         };
         let mut normed = vec![0f32; rows.len() * h];
         for (r, &i) in rows.iter().enumerate() {
-            rmsnorm(&x[i * h..(i + 1) * h], &self.final_norm, c.rms_norm_eps, &mut normed[r * h..(r + 1) * h]);
+            rmsnorm(
+                &x[i * h..(i + 1) * h],
+                &self.final_norm,
+                c.rms_norm_eps,
+                &mut normed[r * h..(r + 1) * h],
+            );
         }
         let mut logits = vec![0f32; rows.len() * c.vocab_size];
-        matmul(pool, kern, &normed, rows.len(), h, self.lm_head.view(), c.vocab_size, &mut logits);
+        matmul(
+            pool,
+            kern,
+            &normed,
+            rows.len(),
+            h,
+            self.lm_head.view(),
+            c.vocab_size,
+            &mut logits,
+        );
         Ok(logits)
     }
 }

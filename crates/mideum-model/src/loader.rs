@@ -19,7 +19,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { threads: 0, ctx_size: None }
+        LoadOptions {
+            threads: 0,
+            ctx_size: None,
+        }
     }
 }
 
@@ -45,13 +48,18 @@ fn threads(n: usize) -> usize {
     if n > 0 {
         n
     } else {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     }
 }
 
 impl LoadedModel {
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
-        let meta = std::fs::metadata(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let meta = std::fs::metadata(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if meta.is_dir() {
             Self::load_hf(path, opts)
         } else {
@@ -62,20 +70,38 @@ impl LoadedModel {
     fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         let cfg_path = dir.join("config.json");
         if !cfg_path.exists() {
-            return Err(ModelError::format(dir, "no config.json: expected a Hugging Face model directory or a .gguf file"));
+            return Err(ModelError::format(
+                dir,
+                "no config.json: expected a Hugging Face model directory or a .gguf file",
+            ));
         }
         let config = ModelConfig::from_json(&read_json(&cfg_path)?)?;
         let gen_path = dir.join("generation_config.json");
         let generation = if gen_path.exists() {
-            GenerationDefaults::from_json(&read_json(&gen_path)?).map_err(|e| ModelError::format(&gen_path, e.to_string()))?
+            GenerationDefaults::from_json(&read_json(&gen_path)?)
+                .map_err(|e| ModelError::format(&gen_path, e.to_string()))?
         } else {
             GenerationDefaults::default()
         };
         let tokenizer = Tokenizer::from_hf_dir(dir)?;
         let template_src = chat_template_from_hf(dir)?;
         let tensors = crate::safetensors::load_dir(dir)?;
-        let model = Llama::new(config, tensors, NameScheme::HuggingFace, threads(opts.threads))?;
-        Self::finish(dir, CheckpointFormat::HuggingFace, model, tokenizer, template_src, generation, vec![], opts)
+        let model = Llama::new(
+            config,
+            tensors,
+            NameScheme::HuggingFace,
+            threads(opts.threads),
+        )?;
+        Self::finish(
+            dir,
+            CheckpointFormat::HuggingFace,
+            model,
+            tokenizer,
+            template_src,
+            generation,
+            vec![],
+            opts,
+        )
     }
 
     fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
@@ -87,16 +113,32 @@ impl LoadedModel {
             f.expect_shape(&[config.head_dim / 2])?;
             config.rope_scaling = RopeScaling::Factors(f.to_f32_vec());
         }
-        let template_src = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+        let template_src = g
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         let mut extra_eos = vec![];
-        for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
             if let Some(id) = g.get(key).and_then(|v| v.as_u64()) {
                 extra_eos.push(id as u32);
             }
         }
         let generation = GenerationDefaults::default();
         let model = Llama::new(config, tensors, NameScheme::Gguf, threads(opts.threads))?;
-        Self::finish(path, CheckpointFormat::Gguf, model, tokenizer, template_src, generation, extra_eos, opts)
+        Self::finish(
+            path,
+            CheckpointFormat::Gguf,
+            model,
+            tokenizer,
+            template_src,
+            generation,
+            extra_eos,
+            opts,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -130,13 +172,34 @@ impl LoadedModel {
                 eos_ids.push(id);
             }
         }
-        if let Some(e) = tokenizer.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+        if let Some(e) = tokenizer
+            .eos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_to_id(t))
+        {
             eos_ids.push(e);
         }
         eos_ids.sort_unstable();
         eos_ids.dedup();
-        let ctx_size = opts.ctx_size.unwrap_or(model.config.max_position_embeddings).max(1);
-        Ok(LoadedModel { path: path.to_path_buf(), format, model, tokenizer, template, generation, eos_ids, ctx_size })
+        // Dynamic NTK scaling exists to stretch the trained window by its factor.
+        let native = match model.config.rope_scaling {
+            RopeScaling::Dynamic {
+                factor,
+                original_max,
+            } => (original_max as f64 * factor) as usize,
+            _ => model.config.max_position_embeddings,
+        };
+        let ctx_size = opts.ctx_size.unwrap_or(native).max(1);
+        Ok(LoadedModel {
+            path: path.to_path_buf(),
+            format,
+            model,
+            tokenizer,
+            template,
+            generation,
+            eos_ids,
+            ctx_size,
+        })
     }
 
     /// Renders a chat with the model's template.
@@ -146,10 +209,11 @@ impl LoadedModel {
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let t = self
-            .template
-            .as_ref()
-            .ok_or_else(|| ModelError::Template("this model has no chat template (use `generate` for raw completion)".into()))?;
+        let t = self.template.as_ref().ok_or_else(|| {
+            ModelError::Template(
+                "this model has no chat template (use `generate` for raw completion)".into(),
+            )
+        })?;
         t.render(messages, tools, add_generation_prompt)
     }
 
@@ -174,7 +238,10 @@ fn chat_template_from_hf(dir: &Path) -> Result<Option<String>> {
             Some(serde_json::Value::Array(a)) => {
                 for t in a {
                     if t.get("name").and_then(|n| n.as_str()) == Some("default") {
-                        return Ok(t.get("template").and_then(|s| s.as_str()).map(str::to_string));
+                        return Ok(t
+                            .get("template")
+                            .and_then(|s| s.as_str())
+                            .map(str::to_string));
                     }
                 }
             }
@@ -183,7 +250,12 @@ fn chat_template_from_hf(dir: &Path) -> Result<Option<String>> {
     }
     let jinja = dir.join("chat_template.jinja");
     if jinja.exists() {
-        return std::fs::read_to_string(&jinja).map(Some).map_err(|source| ModelError::Io { path: jinja, source });
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|source| ModelError::Io {
+                path: jinja,
+                source,
+            });
     }
     Ok(None)
 }
@@ -201,20 +273,34 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         g.get(&key(k))
             .and_then(|v| v.as_u64())
             .map(|v| v as usize)
-            .ok_or_else(|| ModelError::format(&g.path, format!("missing or invalid metadata {}", key(k))))
+            .ok_or_else(|| {
+                ModelError::format(&g.path, format!("missing or invalid metadata {}", key(k)))
+            })
     };
     let opt = |k: &str| g.get(&key(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
     let kv_heads = opt("attention.head_count_kv").unwrap_or(heads);
-    let head_dim = opt("attention.key_length").or_else(|| opt("rope.dimension_count")).unwrap_or(hidden / heads.max(1));
+    let head_dim = opt("attention.key_length")
+        .or_else(|| opt("rope.dimension_count"))
+        .unwrap_or(hidden / heads.max(1));
     let n_vocab = match opt("vocab_size") {
         Some(v) => v,
-        None => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0),
+        None => g
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len())
+            .unwrap_or(0),
     };
     let ctx = opt("context_length").unwrap_or(2048);
-    let scaling_type = g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).unwrap_or("none");
-    let factor = g.get(&key("rope.scaling.factor")).and_then(|v| v.as_f64()).unwrap_or(1.0);
+    let scaling_type = g
+        .get(&key("rope.scaling.type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("none");
+    let factor = g
+        .get(&key("rope.scaling.factor"))
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1.0);
     let orig = opt("rope.scaling.original_context_length").unwrap_or(ctx);
     let rope_scaling = match scaling_type {
         "none" => RopeScaling::None,
@@ -229,7 +315,12 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             attention_factor: None,
             truncate: true,
         },
-        other => return Err(ModelError::format(&g.path, format!("rope scaling type {other:?} is not supported"))),
+        other => {
+            return Err(ModelError::format(
+                &g.path,
+                format!("rope scaling type {other:?} is not supported"),
+            ))
+        }
     };
     let mut cfg = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "hidden_size": hidden, "num_attention_heads": heads,
@@ -238,13 +329,19 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         "rms_norm_eps": g.get(&key("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5),
         "rope_theta": g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0),
     });
-    if let Some(b) = g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()) {
+    if let Some(b) = g
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.as_u64())
+    {
         cfg["bos_token_id"] = b.into();
     }
     let mut c = ModelConfig::from_json(&cfg)?;
     // f32 metadata widened to f64 (e.g. 1e-5 → 9.99999974e-6) must round back to the f32 the
     // converter wrote, which is what transformers computes with.
-    c.rms_norm_eps = g.get(&key("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5) as f32;
+    c.rms_norm_eps = g
+        .get(&key("attention.layer_norm_rms_epsilon"))
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1e-5) as f32;
     c.rope_scaling = rope_scaling;
     c.tie_word_embeddings = !g.tensor_infos.iter().any(|t| t.name == "output.weight");
     Ok(c)

@@ -12,7 +12,10 @@ pub fn load_file(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
     let file = MappedFile::open(path)?;
     let bytes = file.bytes();
     if bytes.len() < 8 {
-        return Err(ModelError::format(path, "file too short for a safetensors header (truncated?)"));
+        return Err(ModelError::format(
+            path,
+            "file too short for a safetensors header (truncated?)",
+        ));
     }
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
     let data_start = 8u64
@@ -20,8 +23,9 @@ pub fn load_file(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
         .filter(|&e| e <= bytes.len() as u64)
         .ok_or_else(|| ModelError::format(path, format!("header length {header_len} exceeds the file size {} (truncated or not safetensors)", bytes.len())))?
         as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..data_start])
-        .map_err(|e| ModelError::format(path, format!("safetensors header is not valid JSON: {e}")))?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..data_start]).map_err(|e| {
+        ModelError::format(path, format!("safetensors header is not valid JSON: {e}"))
+    })?;
     let entries = header
         .as_object()
         .ok_or_else(|| ModelError::format(path, "safetensors header is not a JSON object"))?;
@@ -35,7 +39,11 @@ pub fn load_file(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
             Some("F32") => DType::F32,
             Some("F16") => DType::F16,
             Some("BF16") => DType::BF16,
-            Some(other) => return Err(bad(format!("dtype {other} is not supported (expected F32, F16 or BF16)"))),
+            Some(other) => {
+                return Err(bad(format!(
+                    "dtype {other} is not supported (expected F32, F16 or BF16)"
+                )))
+            }
             None => return Err(bad("missing dtype".into())),
         };
         let shape: Vec<usize> = info
@@ -43,7 +51,11 @@ pub fn load_file(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
             .and_then(|s| s.as_array())
             .ok_or_else(|| bad("missing shape".into()))?
             .iter()
-            .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| bad(format!("bad dimension {d}"))))
+            .map(|d| {
+                d.as_u64()
+                    .map(|d| d as usize)
+                    .ok_or_else(|| bad(format!("bad dimension {d}")))
+            })
             .collect::<Result<_>>()?;
         let offs = info
             .get("data_offsets")
@@ -54,14 +66,35 @@ pub fn load_file(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
             (Some(b), Some(e)) if b <= e => (b as usize, e as usize),
             _ => return Err(bad(format!("invalid data_offsets {offs:?}"))),
         };
-        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows".into()))?;
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad("shape overflows".into()))?;
         if numel.checked_mul(dtype.size()) != Some(e - b) {
-            return Err(bad(format!("{} bytes for shape {:?} of {}, expected {}", e - b, shape, dtype.name(), numel * dtype.size())));
+            return Err(bad(format!(
+                "{} bytes for shape {:?} of {}, expected {}",
+                e - b,
+                shape,
+                dtype.name(),
+                numel * dtype.size()
+            )));
         }
         if e > data_len {
-            return Err(bad(format!("data ends at byte {e} but the file holds {data_len} (truncated?)")));
+            return Err(bad(format!(
+                "data ends at byte {e} but the file holds {data_len} (truncated?)"
+            )));
         }
-        out.insert(name.clone(), Tensor::mapped(name, dtype, shape, file.clone(), data_start + b, data_start + e));
+        out.insert(
+            name.clone(),
+            Tensor::mapped(
+                name,
+                dtype,
+                shape,
+                file.clone(),
+                data_start + b,
+                data_start + e,
+            ),
+        );
     }
     Ok(())
 }
@@ -82,19 +115,28 @@ pub fn load_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
         shards.dedup();
         for shard in shards {
             if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
-                return Err(ModelError::format(&index, format!("shard name {shard:?} must be a plain file name")));
+                return Err(ModelError::format(
+                    &index,
+                    format!("shard name {shard:?} must be a plain file name"),
+                ));
             }
             load_file(&dir.join(shard), &mut out)?;
         }
         for (name, shard) in map {
             if !out.contains_key(name) {
-                return Err(ModelError::format(&index, format!("tensor {name} is listed in {shard} but not found there")));
+                return Err(ModelError::format(
+                    &index,
+                    format!("tensor {name} is listed in {shard} but not found there"),
+                ));
             }
         }
     } else if single.exists() {
         load_file(&single, &mut out)?;
     } else {
-        return Err(ModelError::format(dir, "no model.safetensors or model.safetensors.index.json in this directory"));
+        return Err(ModelError::format(
+            dir,
+            "no model.safetensors or model.safetensors.index.json in this directory",
+        ));
     }
     Ok(out)
 }

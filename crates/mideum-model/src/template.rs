@@ -41,12 +41,23 @@ impl DateTime {
         let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
         let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
         let year = yoe + era * 400 + i64::from(month <= 2);
-        DateTime { year, month, day, hour: (rem / 3600) as u32, minute: (rem % 3600 / 60) as u32, second: (rem % 60) as u32 }
+        DateTime {
+            year,
+            month,
+            day,
+            hour: (rem / 3600) as u32,
+            minute: (rem % 3600 / 60) as u32,
+            second: (rem % 60) as u32,
+        }
     }
 
     fn weekday(&self) -> usize {
         // 0 = Monday, from days since 1970-01-01 (a Thursday).
-        let (y, m) = if self.month <= 2 { (self.year - 1, self.month + 9) } else { (self.year, self.month - 3) };
+        let (y, m) = if self.month <= 2 {
+            (self.year - 1, self.month + 9)
+        } else {
+            (self.year, self.month - 3)
+        };
         let era = y.div_euclid(400);
         let yoe = y.rem_euclid(400);
         let doy = (153 * m as i64 + 2) / 5 + self.day as i64 - 1;
@@ -63,9 +74,29 @@ impl DateTime {
 
     /// Python `strftime` for the directives chat templates use.
     pub fn strftime(&self, fmt: &str) -> String {
-        const MONTHS: [&str; 12] =
-            ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-        const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+        const MONTHS: [&str; 12] = [
+            "January",
+            "February",
+            "March",
+            "April",
+            "May",
+            "June",
+            "July",
+            "August",
+            "September",
+            "October",
+            "November",
+            "December",
+        ];
+        const DAYS: [&str; 7] = [
+            "Monday",
+            "Tuesday",
+            "Wednesday",
+            "Thursday",
+            "Friday",
+            "Saturday",
+            "Sunday",
+        ];
         let month = MONTHS[(self.month as usize + 11) % 12];
         let wd = DAYS[self.weekday()];
         let mut out = String::new();
@@ -95,7 +126,16 @@ impl DateTime {
                 Some('a') => out += &wd[..3],
                 Some('A') => out += wd,
                 Some('H') => out += &format!("{:02}", self.hour),
-                Some('I') => out += &format!("{:02}", if self.hour % 12 == 0 { 12 } else { self.hour % 12 }),
+                Some('I') => {
+                    out += &format!(
+                        "{:02}",
+                        if self.hour % 12 == 0 {
+                            12
+                        } else {
+                            self.hour % 12
+                        }
+                    )
+                }
                 Some('p') => out += if self.hour < 12 { "AM" } else { "PM" },
                 Some('M') => out += &format!("{:02}", self.minute),
                 Some('S') => out += &format!("{:02}", self.second),
@@ -131,7 +171,14 @@ impl ChatTemplate {
         pad_token: Option<String>,
         unk_token: Option<String>,
     ) -> Result<ChatTemplate> {
-        Self::with_clock(source, bos_token, eos_token, pad_token, unk_token, Arc::new(DateTime::now_utc))
+        Self::with_clock(
+            source,
+            bos_token,
+            eos_token,
+            pad_token,
+            unk_token,
+            Arc::new(DateTime::now_utc),
+        )
     }
 
     pub fn with_clock(
@@ -152,13 +199,24 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson_filter);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_function("strftime_now", move |fmt: String| -> String {
+            clock().strftime(&fmt)
         });
-        env.add_function("strftime_now", move |fmt: String| -> String { clock().strftime(&fmt) });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ModelError::Template(format!("cannot compile the chat template: {e}")))?;
-        Ok(ChatTemplate { env, bos_token, eos_token, pad_token, unk_token })
+        Ok(ChatTemplate {
+            env,
+            bos_token,
+            eos_token,
+            pad_token,
+            unk_token,
+        })
     }
 
     /// Renders the prompt for `messages` (a JSON array of `{role, content, ...}`) as
@@ -171,9 +229,14 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<String> {
         if !messages.is_array() {
-            return Err(ModelError::Input("`messages` must be a JSON array of {role, content} objects".into()));
+            return Err(ModelError::Input(
+                "`messages` must be a JSON array of {role, content} objects".into(),
+            ));
         }
-        let tmpl = self.env.get_template("chat").map_err(|e| ModelError::Template(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| ModelError::Template(e.to_string()))?;
         let ctx = minijinja::context! {
             messages => Value::from(minijinja::value::Serde(messages)),
             tools => tools.map(|t| Value::from(minijinja::value::Serde(t))).unwrap_or(Value::from(())),
@@ -208,7 +271,11 @@ fn tojson_filter(v: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> 
         },
     };
     kwargs.assert_all_used()?;
-    let opts = JsonOpts { indent, ensure_ascii: ensure_ascii.unwrap_or(false), sort_keys: sort_keys.unwrap_or(false) };
+    let opts = JsonOpts {
+        indent,
+        ensure_ascii: ensure_ascii.unwrap_or(false),
+        sort_keys: sort_keys.unwrap_or(false),
+    };
     let mut out = String::new();
     write_json(&v, &opts, 0, &mut out)?;
     Ok(Value::from_safe_string(out))
@@ -222,9 +289,17 @@ struct JsonOpts {
 
 /// Serialises like Python's `json.dumps`: `", "`/`": "` separators without indent, `","` and
 /// newlines with it.
-fn write_json(v: &Value, o: &JsonOpts, depth: usize, out: &mut String) -> std::result::Result<(), Error> {
+fn write_json(
+    v: &Value,
+    o: &JsonOpts,
+    depth: usize,
+    out: &mut String,
+) -> std::result::Result<(), Error> {
     if depth > 128 {
-        return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: value nested too deeply",
+        ));
     }
     let newline = |out: &mut String, d: usize| {
         if let Some(ind) = &o.indent {
@@ -330,16 +405,28 @@ pub(crate) fn py_float_repr(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let e = format!("{:e}", f); // e.g. "1.5e-5", "1e16"
     let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     if !(-4..16).contains(&exp) {
-        let mant = if mant.contains('.') { mant.to_string() } else { mant.to_string() };
+        let mant = if mant.contains('.') {
+            mant.to_string()
+        } else {
+            mant.to_string()
+        };
         let sign = if exp < 0 { '-' } else { '+' };
         return format!("{mant}e{sign}{:02}", exp.abs());
     }
@@ -357,12 +444,26 @@ mod tests {
     use serde_json::json;
 
     fn fixed() -> Clock {
-        Arc::new(|| DateTime { year: 2026, month: 11, day: 30, hour: 9, minute: 5, second: 7 })
+        Arc::new(|| DateTime {
+            year: 2026,
+            month: 11,
+            day: 30,
+            hour: 9,
+            minute: 5,
+            second: 7,
+        })
     }
 
     #[test]
     fn python_float_repr() {
-        for (f, s) in [(1.0, "1.0"), (0.5, "0.5"), (1e-5, "1e-05"), (1.5e16, "1.5e+16"), (123.25, "123.25"), (0.0001, "0.0001")] {
+        for (f, s) in [
+            (1.0, "1.0"),
+            (0.5, "0.5"),
+            (1e-5, "1e-05"),
+            (1.5e16, "1.5e+16"),
+            (123.25, "123.25"),
+            (0.0001, "0.0001"),
+        ] {
             assert_eq!(py_float_repr(f), s);
         }
     }
@@ -371,14 +472,32 @@ mod tests {
     fn strftime_and_calendar() {
         let d = DateTime::from_unix(1_796_083_200); // 2026-12-01 00:00:00 UTC
         assert_eq!((d.year, d.month, d.day), (2026, 12, 1));
-        let t = DateTime { year: 2026, month: 11, day: 30, hour: 9, minute: 5, second: 7 };
+        let t = DateTime {
+            year: 2026,
+            month: 11,
+            day: 30,
+            hour: 9,
+            minute: 5,
+            second: 7,
+        };
         assert_eq!(t.strftime("%d %b %Y"), "30 Nov 2026");
-        assert_eq!(t.strftime("%A %B %-d, %H:%M:%S %j %%"), "Monday November 30, 09:05:07 334 %");
+        assert_eq!(
+            t.strftime("%A %B %-d, %H:%M:%S %j %%"),
+            "Monday November 30, 09:05:07 334 %"
+        );
     }
 
     #[test]
     fn tojson_like_transformers() {
-        let t = ChatTemplate::with_clock("{{ tools | tojson }}|{{ tools | tojson(indent=2) }}", None, None, None, None, fixed()).unwrap();
+        let t = ChatTemplate::with_clock(
+            "{{ tools | tojson }}|{{ tools | tojson(indent=2) }}",
+            None,
+            None,
+            None,
+            None,
+            fixed(),
+        )
+        .unwrap();
         let tools = json!([{"name": "날씨", "d": "a<b & c>'d'", "z": 1, "a": [1.5, true, null]}]);
         let out = t.render(&json!([]), Some(&tools), false).unwrap();
         assert_eq!(
@@ -390,10 +509,15 @@ mod tests {
     #[test]
     fn hf_features() {
         let src = "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system') }}{% endif %}\n{{ m.content | trim }}{{ m.role.upper() }}\n{% endfor %}{{ strftime_now('%d %b %Y') }}";
-        let t = ChatTemplate::with_clock(src, Some("<s>".into()), None, None, None, fixed()).unwrap();
-        let out = t.render(&json!([{"role": "user", "content": " 안녕 "}]), None, true).unwrap();
+        let t =
+            ChatTemplate::with_clock(src, Some("<s>".into()), None, None, None, fixed()).unwrap();
+        let out = t
+            .render(&json!([{"role": "user", "content": " 안녕 "}]), None, true)
+            .unwrap();
         assert_eq!(out, "<s>안녕USER\n30 Nov 2026");
-        let err = t.render(&json!([{"role": "system", "content": "x"}]), None, true).unwrap_err();
+        let err = t
+            .render(&json!([{"role": "system", "content": "x"}]), None, true)
+            .unwrap_err();
         assert!(err.to_string().contains("no system"), "{err}");
         assert!(ChatTemplate::new("{% if %}", None, None, None, None).is_err());
         assert!(t.render(&json!({"role": "user"}), None, true).is_err());

@@ -38,11 +38,17 @@ pub struct MappedFile {
 
 impl MappedFile {
     pub fn open(path: &Path) -> Result<Arc<MappedFile>> {
-        let file = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         // SAFETY: the map is read-only. Mideum never writes to checkpoint files; another process
         // truncating the file while it is mapped would fault, a risk every mmap-based loader
         // (llama.cpp, safetensors) accepts in exchange for not copying gigabytes.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Arc::new(MappedFile { map }))
     }
 
@@ -53,7 +59,11 @@ impl MappedFile {
 
 #[derive(Clone)]
 enum Storage {
-    Mapped { file: Arc<MappedFile>, start: usize, end: usize },
+    Mapped {
+        file: Arc<MappedFile>,
+        start: usize,
+        end: usize,
+    },
     OwnedF32(Arc<Vec<f32>>),
     OwnedU16(Arc<Vec<u16>>),
 }
@@ -69,7 +79,13 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({} {:?} {})", self.name, self.shape, self.dtype.name())
+        write!(
+            f,
+            "Tensor({} {:?} {})",
+            self.name,
+            self.shape,
+            self.dtype.name()
+        )
     }
 }
 
@@ -77,7 +93,14 @@ impl Tensor {
     /// A tensor over `file[start..end]`; `end - start` must equal the element count times the
     /// dtype size (checked by the format parsers). Misaligned data is copied into an aligned
     /// buffer, since the kernels read whole elements.
-    pub fn mapped(name: &str, dtype: DType, shape: Vec<usize>, file: Arc<MappedFile>, start: usize, end: usize) -> Tensor {
+    pub fn mapped(
+        name: &str,
+        dtype: DType,
+        shape: Vec<usize>,
+        file: Arc<MappedFile>,
+        start: usize,
+        end: usize,
+    ) -> Tensor {
         let bytes = &file.bytes()[start..end];
         let aligned = (bytes.as_ptr() as usize) % dtype.size() == 0;
         let storage = if aligned {
@@ -85,18 +108,34 @@ impl Tensor {
         } else {
             match dtype {
                 DType::F32 => Storage::OwnedF32(Arc::new(
-                    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
                 )),
-                DType::F16 | DType::BF16 => {
-                    Storage::OwnedU16(Arc::new(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()))
-                }
+                DType::F16 | DType::BF16 => Storage::OwnedU16(Arc::new(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect(),
+                )),
             }
         };
-        Tensor { name: name.to_string(), dtype, shape, storage }
+        Tensor {
+            name: name.to_string(),
+            dtype,
+            shape,
+            storage,
+        }
     }
 
     pub fn owned_f32(name: &str, shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-        Tensor { name: name.to_string(), dtype: DType::F32, shape, storage: Storage::OwnedF32(Arc::new(data)) }
+        Tensor {
+            name: name.to_string(),
+            dtype: DType::F32,
+            shape,
+            storage: Storage::OwnedF32(Arc::new(data)),
+        }
     }
 
     pub fn numel(&self) -> usize {
@@ -138,7 +177,10 @@ impl Tensor {
 
     pub(crate) fn expect_shape(&self, shape: &[usize]) -> Result<()> {
         if self.shape != shape {
-            return Err(ModelError::tensor(&self.name, format!("expected shape {:?}, found {:?}", shape, self.shape)));
+            return Err(ModelError::tensor(
+                &self.name,
+                format!("expected shape {:?}, found {:?}", shape, self.shape),
+            ));
         }
         Ok(())
     }
@@ -148,13 +190,19 @@ fn cast_f32(bytes: &[u8]) -> &[f32] {
     // SAFETY: any 4-byte pattern is a valid f32; `Tensor::mapped` only keeps mapped storage when
     // the start is 4-byte aligned and the length is a multiple of 4, so prefix and suffix are empty.
     let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
-    assert!(pre.is_empty() && post.is_empty(), "tensor storage misaligned");
+    assert!(
+        pre.is_empty() && post.is_empty(),
+        "tensor storage misaligned"
+    );
     mid
 }
 
 fn cast_u16(bytes: &[u8]) -> &[u16] {
     // SAFETY: as in `cast_f32`, for 2-byte elements.
     let (pre, mid, post) = unsafe { bytes.align_to::<u16>() };
-    assert!(pre.is_empty() && post.is_empty(), "tensor storage misaligned");
+    assert!(
+        pre.is_empty() && post.is_empty(),
+        "tensor storage misaligned"
+    );
     mid
 }

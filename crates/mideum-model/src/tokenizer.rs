@@ -24,7 +24,10 @@ pub struct Tokenizer {
 fn token_string(v: Option<&Value>) -> Option<String> {
     match v {
         Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Some(Value::Object(o)) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -39,7 +42,14 @@ impl Tokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(&tj)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tj.display())))?;
-        let mut t = Tokenizer { inner, bos_token: None, eos_token: None, pad_token: None, unk_token: None, adds_bos: false };
+        let mut t = Tokenizer {
+            inner,
+            bos_token: None,
+            eos_token: None,
+            pad_token: None,
+            unk_token: None,
+            adds_bos: false,
+        };
         for name in ["special_tokens_map.json", "tokenizer_config.json"] {
             let p = dir.join(name);
             if p.exists() {
@@ -57,7 +67,10 @@ impl Tokenizer {
     /// Rebuilds a gpt2-style byte-level BPE tokenizer from GGUF metadata.
     pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
         let err = |m: String| ModelError::Tokenizer(format!("{}: {m}", g.path.display()));
-        let model = g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).unwrap_or("");
+        let model = g
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         if model != "gpt2" {
             return Err(err(format!("tokenizer.ggml.model {model:?} is not supported (expected \"gpt2\" byte-level BPE)")));
         }
@@ -66,9 +79,15 @@ impl Tokenizer {
             .and_then(|v| v.as_array())
             .ok_or_else(|| err("missing tokenizer.ggml.tokens".into()))?
             .iter()
-            .map(|t| t.as_str().ok_or_else(|| err("tokenizer.ggml.tokens holds a non-string".into())))
+            .map(|t| {
+                t.as_str()
+                    .ok_or_else(|| err("tokenizer.ggml.tokens holds a non-string".into()))
+            })
             .collect::<Result<_>>()?;
-        let types: Vec<u64> = match g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+        let types: Vec<u64> = match g
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
             Some(a) => a.iter().map(|t| t.as_u64().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
@@ -79,7 +98,10 @@ impl Tokenizer {
             .iter()
             .filter_map(|m| m.as_str())
             .collect();
-        let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
         let (pre_tokenizer, ignore_merges) = match pre {
             "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" => (
                 json!({"type": "Sequence", "pretokenizers": [
@@ -87,12 +109,23 @@ impl Tokenizer {
                     {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
                 true,
             ),
-            "default" | "gpt2" => (json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}), false),
-            other => return Err(err(format!("pre-tokenizer {other:?} is not supported (expected llama-bpe or gpt2)"))),
+            "default" | "gpt2" => (
+                json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+                false,
+            ),
+            other => {
+                return Err(err(format!(
+                    "pre-tokenizer {other:?} is not supported (expected llama-bpe or gpt2)"
+                )))
+            }
         };
         let mut vocab = serde_json::Map::with_capacity(tokens.len());
         let mut added = Vec::new();
-        for (id, (&tok, &ty)) in tokens.iter().zip(types.iter().chain(std::iter::repeat(&1))).enumerate() {
+        for (id, (&tok, &ty)) in tokens
+            .iter()
+            .zip(types.iter().chain(std::iter::repeat(&1)))
+            .enumerate()
+        {
             vocab.insert(tok.to_string(), json!(id));
             if ty == 3 || ty == 4 {
                 added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
@@ -102,7 +135,10 @@ impl Tokenizer {
         let id_of = |key: &str| g.get(key).and_then(|v| v.as_u64()).map(|v| v as usize);
         let name_of = |id: Option<usize>| id.and_then(|i| tokens.get(i)).map(|s| s.to_string());
         let bos_id = id_of("tokenizer.ggml.bos_token_id");
-        let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(bos_id.is_some());
+        let add_bos = g
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(bos_id.is_some());
         let post = match (add_bos, name_of(bos_id)) {
             (true, Some(bos)) => json!({"type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -119,10 +155,11 @@ impl Tokenizer {
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                       "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}
         });
-        let inner: tokenizers::Tokenizer = spec
-            .to_string()
-            .parse()
-            .map_err(|e| err(format!("cannot build the tokenizer from GGUF metadata: {e}")))?;
+        let inner: tokenizers::Tokenizer = spec.to_string().parse().map_err(|e| {
+            err(format!(
+                "cannot build the tokenizer from GGUF metadata: {e}"
+            ))
+        })?;
         Ok(Tokenizer {
             inner,
             bos_token: name_of(bos_id),
@@ -152,9 +189,13 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let n = self.vocab_size() as u32;
         if let Some(bad) = ids.iter().find(|&&i| i >= n) {
-            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary (size {n})")));
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary (size {n})"
+            )));
         }
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -187,15 +228,26 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new(skip_special: bool) -> StreamDecoder {
-        StreamDecoder { ids: Vec::new(), prefix_offset: 0, read_offset: 0, skip_special }
+        StreamDecoder {
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+            skip_special,
+        }
     }
 
     /// Adds one token; returns the new text it completes, if any.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let prefix = tok.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special,
+        )?;
         let full = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && full.is_char_boundary(prefix.len())
+        {
             let piece = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
@@ -207,10 +259,19 @@ impl StreamDecoder {
 
     /// Text still held back at the end of the stream (an incomplete character, if any).
     pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
-        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let prefix = tok.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special,
+        )?;
         let full = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
-        Ok(if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) { full[prefix.len()..].to_string() } else { String::new() })
+        Ok(
+            if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) {
+                full[prefix.len()..].to_string()
+            } else {
+                String::new()
+            },
+        )
     }
 }
