@@ -15,6 +15,6 @@ pub mod tokenizer;
 pub use config::{GenerationDefaults, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use llama::{KvCache, Llama, Logits};
-pub use loader::{CheckpointFormat, LoadOptions, LoadedModel};
+pub use loader::{CheckpointFormat, LoadOptions, LoadedModel, TextAssets};
 pub use template::{ChatTemplate, DateTime};
 pub use tokenizer::{StreamDecoder, Tokenizer};

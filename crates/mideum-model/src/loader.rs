@@ -346,3 +346,39 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     c.tie_word_embeddings = !g.tensor_infos.iter().any(|t| t.name == "output.weight");
     Ok(c)
 }
+
+/// The text side of a checkpoint (tokenizer and chat template) without its weights, for
+/// commands that only tokenize or render.
+pub struct TextAssets {
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+}
+
+impl TextAssets {
+    pub fn load(path: &Path) -> Result<TextAssets> {
+        let meta = std::fs::metadata(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let (tokenizer, src) = if meta.is_dir() {
+            (Tokenizer::from_hf_dir(path)?, chat_template_from_hf(path)?)
+        } else {
+            let g = GgufFile::open(path)?;
+            let src = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+            (Tokenizer::from_gguf(&g)?, src)
+        };
+        let template = match src {
+            Some(s) => Some(ChatTemplate::new(
+                &s,
+                tokenizer.bos_token.clone(),
+                tokenizer.eos_token.clone(),
+                tokenizer.pad_token.clone(),
+                tokenizer.unk_token.clone(),
+            )?),
+            None => None,
+        };
+        Ok(TextAssets { tokenizer, template })
+    }
+
+    pub fn render_chat(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, add_generation_prompt: bool) -> Result<String> {
+        let t = self.template.as_ref().ok_or_else(|| ModelError::Template("this model has no chat template".into()))?;
+        t.render(messages, tools, add_generation_prompt)
+    }
+}

@@ -1,0 +1,210 @@
+//! The generation loop: prefill the prompt (reusing whatever prefix the session's KV cache
+//! already holds), then sample one token at a time until an end-of-sequence id, a stop string,
+//! the token limit or the caller says stop. Text is streamed in whole characters, and text that
+//! could be the start of a stop string is held back until it is known not to be one.
+
+use crate::sampler::{Sampler, SamplingParams};
+use mideum_model::{KvCache, LoadedModel, Logits, ModelError, Result, StreamDecoder};
+use std::time::Instant;
+
+/// Prompt tokens are run through the model in chunks of this many, bounding activation memory.
+const PREFILL_CHUNK: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt_ids: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks, tests).
+    pub ignore_eos: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateOutput {
+    /// New token ids (an end-of-sequence token that ended the run is included).
+    pub ids: Vec<u32>,
+    /// The text of the new tokens, without special tokens and cut before a stop string.
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens that were served from the session's cache.
+    pub cached_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+/// A KV cache plus the token ids whose keys and values it holds, so that a following request
+/// that starts with the same tokens (the next turn of a chat) only computes what is new.
+pub struct Session {
+    cache: KvCache,
+    ids: Vec<u32>,
+}
+
+impl Session {
+    pub fn new(model: &LoadedModel) -> Session {
+        Session { cache: model.new_cache(), ids: Vec::new() }
+    }
+
+    pub fn cached_ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Brings the cache to `prompt` and returns the logits after its last token, plus how many
+    /// prompt tokens were reused.
+    fn prefill(&mut self, model: &LoadedModel, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
+        if prompt.is_empty() {
+            return Err(ModelError::Input("the prompt is empty: at least one token is needed".into()));
+        }
+        if prompt.len() > self.cache.max_len() {
+            return Err(ModelError::ContextOverflow { tokens: prompt.len(), context: self.cache.max_len() });
+        }
+        let common = self.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        // The last prompt token is always recomputed: its logits are needed.
+        let reuse = common.min(prompt.len() - 1);
+        self.cache.truncate(reuse);
+        self.ids.truncate(reuse);
+        let mut logits = Vec::new();
+        for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
+            logits = model.model.forward(chunk, &mut self.cache, Logits::Last)?;
+            self.ids.extend_from_slice(chunk);
+        }
+        Ok((logits, reuse))
+    }
+
+    fn step(&mut self, model: &LoadedModel, id: u32) -> Result<Vec<f32>> {
+        let l = model.model.forward(&[id], &mut self.cache, Logits::Last)?;
+        self.ids.push(id);
+        Ok(l)
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of some stop string.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        for (i, _) in s.char_indices().skip(1) {
+            if i > best && text.ends_with(&s[..i]) {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
+/// Generates a continuation of `req.prompt_ids`. `on_text` receives each new piece of text as
+/// it becomes final and returns `false` to cancel.
+pub fn generate(
+    model: &LoadedModel,
+    session: &mut Session,
+    req: &GenerateRequest,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<GenerateOutput> {
+    req.sampling.validate().map_err(ModelError::Input)?;
+    let t0 = Instant::now();
+    let (mut logits, cached_tokens) = session.prefill(model, &req.prompt_ids)?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut sampler = Sampler::new(req.sampling.clone());
+    let mut decoder = StreamDecoder::new(true);
+    let mut history = req.prompt_ids.clone();
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    let mut emitted = 0;
+    let room = session.cache.max_len() - req.prompt_ids.len();
+    let limit = req.max_tokens.min(room);
+    let mut finish = FinishReason::Length;
+    while ids.len() < limit {
+        let id = sampler.sample(&mut logits, &history, &ids);
+        ids.push(id);
+        history.push(id);
+        if !req.ignore_eos && model.eos_ids.contains(&id) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        text.push_str(&decoder.push(&model.tokenizer, id)?);
+        if let Some(pos) = req.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(pos);
+            if pos > emitted {
+                on_text(&text[emitted..]);
+            }
+            emitted = text.len();
+            finish = FinishReason::Stop;
+            break;
+        }
+        let safe = text.len() - held_back(&text, &req.stop);
+        if safe > emitted {
+            let piece = &text[emitted..safe];
+            emitted = safe;
+            if !on_text(piece) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+        }
+        if ids.len() < limit {
+            logits = session.step(model, id)?;
+        }
+    }
+    if finish != FinishReason::Stop {
+        text.push_str(&decoder.flush(&model.tokenizer)?);
+    }
+    if text.len() > emitted && finish != FinishReason::Cancelled {
+        on_text(&text[emitted..]);
+    }
+    Ok(GenerateOutput {
+        ids,
+        text,
+        finish_reason: finish,
+        prompt_tokens: req.prompt_ids.len(),
+        cached_tokens,
+        prefill_secs,
+        decode_secs: t1.elapsed().as_secs_f64(),
+    })
+}
+
+/// Log-probability of every token of `ids` after the first, given the tokens before it.
+pub fn score(model: &LoadedModel, ids: &[u32]) -> Result<Vec<f32>> {
+    if ids.len() < 2 {
+        return Err(ModelError::Input("scoring needs at least two tokens".into()));
+    }
+    let mut cache = model.new_cache();
+    if ids.len() > cache.max_len() {
+        return Err(ModelError::ContextOverflow { tokens: ids.len(), context: cache.max_len() });
+    }
+    let vocab = model.model.config.vocab_size;
+    let mut out = Vec::with_capacity(ids.len() - 1);
+    for (ci, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
+        let logits = model.model.forward(chunk, &mut cache, Logits::All)?;
+        for i in 0..chunk.len() {
+            let pos = ci * PREFILL_CHUNK + i;
+            if pos + 1 < ids.len() {
+                out.push(mideum_kernels::ops::log_softmax_at(&logits[i * vocab..(i + 1) * vocab], ids[pos + 1] as usize));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_back;
+
+    #[test]
+    fn holds_back_possible_stop_prefixes() {
+        let stops = vec!["</tool_call>".to_string(), "끝.".to_string()];
+        assert_eq!(held_back("abc</tool", &stops), 6);
+        assert_eq!(held_back("abc", &stops), 0);
+        assert_eq!(held_back("그것으로 끝", &stops), "끝".len());
+    }
+}
