@@ -585,7 +585,9 @@ fn card(b: &[u8], c: &Chain, ctx: &mut LazyCtx) -> Option<Prop> {
         (4, 0.95)
     } else if c.n >= 3 && lens[..3] == [4, 6, 5] && same_sep(3) {
         (3, 0.9)
-    } else if (13..=19).contains(&lens[0]) {
+    } else if (14..=16).contains(&lens[0]) {
+        // Unseparated: only the common lengths, so long ids and timestamps
+        // that happen to pass Luhn are not taken for cards.
         (1, 0.7)
     } else {
         return None;
@@ -701,7 +703,8 @@ fn account(text: &str, c: &Chain, ctx: &mut LazyCtx) -> Option<Prop> {
         if !(10..=14).contains(&total) {
             continue;
         }
-        if k > 1 && !(0..k).all(|i| (2..=7).contains(&c.g[i].len())) {
+        // The last group may be a single check digit (새마을금고 9002-1234-5678-9).
+        if k > 1 && !(0..k).all(|i| (2..=7).contains(&c.g[i].len()) || (i == k - 1 && i > 1)) {
             continue;
         }
         found = Some(k);

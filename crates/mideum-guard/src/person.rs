@@ -67,6 +67,10 @@ const SUFFIXES: &[&str] = &[
     "책임",
     "선임",
     "수석",
+    // Contract parties: "을: 홍길동 (주민등록번호 ...)".
+    "(주민등록번호",
+    "(주민번호",
+    "(생년월일",
 ];
 
 const SURNAMES: &str = "김이박최정강조윤장임한오서신권황안송전홍유고문양손배백허남심노하곽성차주우구민류나진지엄채원천방공현함변염여추도소석선설마길연위표명기반왕금옥육인맹제모탁국은편용예경봉부복태목형피두감음빈동온";
@@ -307,11 +311,16 @@ fn after_label(text: &str, mut p: usize, strong: bool) -> Option<(usize, usize)>
         }
         return None;
     }
-    // Longer run: a three-syllable name followed by a particle or copula.
-    let third_end = nth_char_end(text, p, 3)?;
-    let rest = &text[third_end..e];
-    if AFTER_NAME.iter().any(|a| rest.starts_with(a)) && name_ok(&text[p..third_end], false) {
-        return Some((p, third_end));
+    // Longer run: a name followed by a particle or copula ("홍길동입니다").
+    let len = if COMPOUND_SURNAMES.iter().any(|s| text[p..].starts_with(s)) {
+        4
+    } else {
+        3
+    };
+    let name_end = nth_char_end(text, p, len)?;
+    let rest = &text[name_end..e];
+    if AFTER_NAME.iter().any(|a| rest.starts_with(a)) && name_ok(&text[p..name_end], false) {
+        return Some((p, name_end));
     }
     None
 }
