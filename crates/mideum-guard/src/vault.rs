@@ -76,6 +76,11 @@ impl Vault {
         self.by_placeholder.is_empty()
     }
 
+    /// Every placeholder this vault has issued.
+    pub fn placeholders(&self) -> impl Iterator<Item = &str> {
+        self.by_placeholder.keys().map(String::as_str)
+    }
+
     /// The original behind a placeholder, if this vault issued it.
     pub fn original(&self, placeholder: &str) -> Option<&str> {
         self.by_placeholder.get(placeholder).map(String::as_str)
