@@ -142,7 +142,7 @@ pub fn at_number(
         }
     }
     let mut score: f32 = if sido { 0.9 } else { 0.7 };
-    if ctx().has(context::ADDRESS) {
+    if !sido && ctx().has(context::ADDRESS) {
         score += 0.15;
     }
     Some(Cand {

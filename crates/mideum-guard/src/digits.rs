@@ -196,9 +196,8 @@ pub fn scan(text: &str, m: &ContextMatcher, out: &mut Vec<Cand>) {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        // Fast skip to the next digit; Hangul text is mostly bytes >= 0x80.
-        match b[i..].iter().position(|x| x.is_ascii_digit()) {
-            Some(k) => i += k,
+        match next_digit(b, i) {
+            Some(k) => i = k,
             None => break,
         }
         let run_end = b[i..]
@@ -242,6 +241,28 @@ pub fn scan(text: &str, m: &ContextMatcher, out: &mut Vec<Cand>) {
         }
         i = run_end;
     }
+}
+
+/// Position of the next ASCII digit at or after `from`, eight bytes at a
+/// time: most of a Korean text is Hangul (bytes >= 0x80) and never a digit.
+fn next_digit(b: &[u8], mut from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while from + 8 <= b.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[from..from + 8]);
+        // XOR with '0' maps exactly the digits to bytes 0..=9; "has a byte
+        // below 10" is the classic SWAR test (exact as a yes/no answer).
+        let x = u64::from_le_bytes(w) ^ (ONES * 0x30);
+        if x.wrapping_sub(ONES * 10) & !x & HIGH != 0 {
+            break;
+        }
+        from += 8;
+    }
+    b[from..]
+        .iter()
+        .position(|x| x.is_ascii_digit())
+        .map(|k| from + k)
 }
 
 /// A chain may not start in the middle of a longer code: after a letter, or
@@ -331,12 +352,21 @@ fn rrn_like(b: &[u8], c: &Chain, ctx: &mut LazyCtx) -> Option<Prop> {
     let date_ok = validate::rrn_date_ok(&d);
     let rrn_ck = validate::rrn_checksum_ok(&d);
     let crn_ck = validate::crn_checksum_ok(&d);
-    let x = ctx.get();
     let person_kind = if (5..=8).contains(&d[6]) {
         EntityType::KrFrn
     } else {
         EntityType::KrRrn
     };
+    // The common case needs no context: only an RRN reading fits.
+    if date_ok && rrn_ck && !crn_ck {
+        return Some(Prop {
+            groups,
+            kind: person_kind,
+            score: if separated { 0.95 } else { 0.85 },
+            start: None,
+        });
+    }
+    let x = ctx.get();
     let person_ctx = x.has(context::RRN | context::FRN);
     let prop = |kind, score: f32| {
         Some(Prop {
@@ -554,6 +584,16 @@ fn phone(text: &str, c: &Chain, ctx: &mut LazyCtx) -> Option<Prop> {
         }
     }
     let (groups, mut score, start) = best?;
+    if groups >= 2 && score >= 0.85 {
+        // A separated number with a valid prefix: context cannot change the
+        // verdict, so the (comparatively costly) window lookup is skipped.
+        return Some(Prop {
+            groups,
+            kind: EntityType::KrPhone,
+            score,
+            start,
+        });
+    }
     let x = ctx.get();
     if x.has(context::PHONE) {
         score += 0.3;
@@ -607,6 +647,14 @@ fn card(b: &[u8], c: &Chain, ctx: &mut LazyCtx) -> Option<Prop> {
     if !iin_ok {
         return None;
     }
+    if groups > 1 {
+        return Some(Prop {
+            groups,
+            kind: EntityType::CreditCard,
+            score: base,
+            start: None,
+        });
+    }
     let x = ctx.get();
     let mut score: f32 = base;
     if x.has(context::CARD) {
@@ -652,15 +700,8 @@ fn license(text: &str, c: &Chain, ctx: &mut LazyCtx) -> Option<Prop> {
             && (1..to).any(|i| c.sep[i].kind == SepKind::Dash)
     };
     let region_code = (11..=28).contains(&num(b, &c.g[0]));
-    let x_bonus = |ctx: &mut LazyCtx| {
-        if ctx.get().has(context::LICENSE) {
-            0.1
-        } else {
-            0.0
-        }
-    };
     if c.n >= 4 && lens[..4] == [2, 2, 6, 2] && dashy(4) && region_code {
-        let s: f32 = 0.9 + x_bonus(ctx);
+        let s: f32 = 0.9;
         return Some(Prop {
             groups: 4,
             kind: EntityType::KrDriverLicense,
@@ -670,7 +711,7 @@ fn license(text: &str, c: &Chain, ctx: &mut LazyCtx) -> Option<Prop> {
     }
     if c.n >= 3 && lens[..3] == [2, 6, 2] && dashy(3) {
         if let Some(rs) = hangul::region_before(text, c.g[0].s, true) {
-            let s: f32 = 0.9 + x_bonus(ctx);
+            let s: f32 = 0.9;
             return Some(Prop {
                 groups: 3,
                 kind: EntityType::KrDriverLicense,
@@ -779,10 +820,8 @@ fn plate(text: &str, s: usize, run_end: usize, m: &ContextMatcher) -> Option<(Ca
             return None;
         }
     }
-    let ctx = m.around(text, start, p);
-    if ctx.has(context::VEHICLE) {
-        score += 0.1;
-    } else if spaced {
+    // "12조 3456억" reads like money: spaced forms need a vehicle word nearby.
+    if spaced && !m.around(text, start, p).has(context::VEHICLE) {
         score -= 0.2;
     }
     Some((

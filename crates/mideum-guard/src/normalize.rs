@@ -25,34 +25,54 @@ fn fold(c: char) -> Option<u8> {
     }
 }
 
-/// Cheap pre-check on lead bytes so that ordinary text is never copied.
-fn may_need_folding(text: &str) -> bool {
+/// Every foldable character as (byte offset, char, ASCII replacement). Only
+/// the lead bytes of foldable characters (0xC2, 0xE2, 0xE3, 0xEF) are
+/// inspected, so Hangul text is skipped at memchr speed; each iterator walks
+/// the text once, keeping the pass linear.
+fn foldables(text: &str) -> Vec<(usize, char, u8)> {
     let b = text.as_bytes();
-    memchr::memchr3(0xEF, 0xE2, 0xE3, b).is_some() || memchr::memchr(0xC2, b).is_some()
+    let mut wide = memchr::memchr3_iter(0xEF, 0xE2, 0xE3, b).peekable();
+    let mut nbsp = memchr::memchr_iter(0xC2, b).peekable();
+    let mut out = Vec::new();
+    loop {
+        let at = match (wide.peek().copied(), nbsp.peek().copied()) {
+            (Some(x), Some(y)) if x < y => wide.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => nbsp.next(),
+            (Some(_), None) => wide.next(),
+            (None, None) => None,
+        };
+        let Some(at) = at else { break };
+        if let Some(c) = text.get(at..).and_then(|t| t.chars().next()) {
+            if let Some(a) = fold(c) {
+                out.push((at, c, a));
+            }
+        }
+    }
+    out
 }
 
 impl<'a> Normalized<'a> {
     /// Builds the normalised view of `text`.
     pub fn new(text: &'a str) -> Normalized<'a> {
-        if !may_need_folding(text) || !text.chars().any(|c| fold(c).is_some()) {
+        let found = foldables(text);
+        if found.is_empty() {
             return Normalized {
                 text: Cow::Borrowed(text),
                 shifts: Vec::new(),
             };
         }
         let mut out = String::with_capacity(text.len());
-        let mut shifts = Vec::new();
+        let mut shifts = Vec::with_capacity(found.len());
         let mut saved = 0usize;
-        for c in text.chars() {
-            match fold(c) {
-                Some(a) => {
-                    out.push(a as char);
-                    saved += c.len_utf8() - 1;
-                    shifts.push((out.len(), saved));
-                }
-                None => out.push(c),
-            }
+        let mut pos = 0;
+        for (at, c, a) in found {
+            out.push_str(&text[pos..at]);
+            out.push(a as char);
+            saved += c.len_utf8() - 1;
+            shifts.push((out.len(), saved));
+            pos = at + c.len_utf8();
         }
+        out.push_str(&text[pos..]);
         Normalized {
             text: Cow::Owned(out),
             shifts,
