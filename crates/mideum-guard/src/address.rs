@@ -86,7 +86,7 @@ pub fn at_number(
         steps += 1;
         let te = start - 1;
         let (ts, n) = syllables_before(text, te, 8);
-        if n < 2 || n > 8 {
+        if !(2..=8).contains(&n) {
             break;
         }
         let t = &text[ts..te];

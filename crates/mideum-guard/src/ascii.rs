@@ -143,17 +143,15 @@ pub fn passport(text: &str, digits_at: usize, m: &ContextMatcher) -> Option<Cand
     let digits = |from: usize, n: usize| -> bool {
         from + n <= b.len() && b[from..from + n].iter().all(|x| x.is_ascii_digit())
     };
-    let end = if digits(digits_at, 8) {
-        digits_at + 8
-    } else if digits(digits_at, 3)
+    let old_form = digits(digits_at, 8);
+    let new_form = digits(digits_at, 3)
         && digits_at + 3 < b.len()
         && b[digits_at + 3].is_ascii_uppercase()
-        && digits(digits_at + 4, 4)
-    {
-        digits_at + 8
-    } else {
+        && digits(digits_at + 4, 4);
+    if !(old_form || new_form) {
         return None;
-    };
+    }
+    let end = digits_at + 8;
     if end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
         return None;
     }

@@ -475,11 +475,13 @@ fn phone_shape(p: &[u8], m: Option<&[u8]>, l: Option<&[u8]>) -> Option<f32> {
             let local_ok = m.first().is_some_and(|&x| x != b'0');
             if p == b"010" && ml == 4 {
                 Some(0.95)
-            } else if mobile_old(p) && (3..=4).contains(&ml) {
-                Some(0.9)
-            } else if area_ok(p) && (3..=4).contains(&ml) && local_ok {
-                Some(0.9)
-            } else if (p == b"070" || p == b"080" || vn(p)) && (3..=4).contains(&ml) {
+            } else if (3..=4).contains(&ml)
+                && (mobile_old(p)
+                    || (area_ok(p) && local_ok)
+                    || p == b"070"
+                    || p == b"080"
+                    || vn(p))
+            {
                 Some(0.9)
             } else {
                 None
@@ -504,11 +506,9 @@ fn phone_shape(p: &[u8], m: Option<&[u8]>, l: Option<&[u8]>) -> Option<f32> {
                 Some(0.9)
             } else if p.len() >= 3 && mobile_old(&p[..3]) && (n == 10 || n == 11) {
                 Some(0.8)
-            } else if p.starts_with(b"02") && (n == 9 || n == 10) && p[2] >= b'2' {
-                Some(0.6)
-            } else if n >= 3 && area_ok(&p[..3]) && (n == 10 || n == 11) && p[3] >= b'2' {
-                Some(0.6)
-            } else if (p.starts_with(b"070") && n == 11)
+            } else if (p.starts_with(b"02") && (n == 9 || n == 10) && p[2] >= b'2')
+                || (n >= 10 && area_ok(&p[..3]) && n <= 11 && p[3] >= b'2')
+                || (p.starts_with(b"070") && n == 11)
                 || (n >= 4 && vn(&p[..4]) && (n == 11 || n == 12))
             {
                 Some(0.6)

@@ -231,3 +231,30 @@ fn pathological_inputs_finish() {
     let lt = "<".repeat(1_000_000);
     assert!(a.analyze(&lt).is_empty());
 }
+
+#[test]
+fn hundred_megabyte_input_is_scanned_completely() {
+    let a = Analyzer::new().expect("analyzer");
+    let unit = "고객 김민수님 연락처 010-1234-5678, 주문번호 ORD-20240115-000123, 금액 35,000원.\n\
+                이번 분기 매출은 전년 대비 증가했으며 신규 고객 확보가 주된 원인입니다.\n";
+    let per_unit = a.analyze(unit).len();
+    assert_eq!(per_unit, 2);
+    let n = 100_000_000 / unit.len() + 1;
+    let big = unit.repeat(n);
+    assert!(big.len() >= 100_000_000);
+    let found = a.analyze(&big);
+    assert_eq!(found.len(), per_unit * n);
+    // Offsets of the last entity are still exact at the end of the text.
+    let last = &found[found.len() - 1];
+    assert_eq!(&big[last.byte_start..last.byte_end], "010-1234-5678");
+}
+
+#[test]
+fn lossily_decoded_input_is_scanned() {
+    let a = Analyzer::new().expect("analyzer");
+    let raw = b"\xff\xfe\xc0 \xed\xa0\x80 010-1234-5678";
+    let text = String::from_utf8_lossy(raw);
+    let f = a.analyze(&text);
+    assert_eq!(f.len(), 1);
+    assert_eq!(&text[f[0].byte_start..f[0].byte_end], "010-1234-5678");
+}
