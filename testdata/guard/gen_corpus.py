@@ -371,7 +371,15 @@ def neg_time():
 def neg_tracking():
     return digits(12)
 
+def neg_qty_range():
+    return f"{R.choice(['15', '16', '18'])}{digits(2)}-{R.choice(['15', '16', '18'])}{digits(2)}"
+
+def neg_year_range():
+    a = R.randint(1990, 2020)
+    return f"{a}-{a + R.randint(1, 5)}"
+
 NEG = {
+    "qty_range": neg_qty_range, "year_range": neg_year_range,
     "date": neg_date, "order": neg_order, "amount": neg_amount, "code": neg_code, "postal": neg_postal,
     "bad_rrn": neg_bad_rrn, "bad_brn": neg_bad_brn, "bad_card": neg_bad_card, "embedded": neg_embedded,
     "acct_noctx": neg_account_no_ctx, "pp_noctx": neg_passport_no_ctx, "lic_bad": neg_license_bad_region,
@@ -507,6 +515,15 @@ MISC_LINES = [
     "{KR_PERSON} 씨의 휴대폰 {KR_PHONE}으로 인증번호를 보냈습니다.",
     "해외 결제 카드 {CREDIT_CARD} 사용 내역 {n:amount}",
     "등록번호 {n:acct_noctx}는 내부 문서 번호입니다.",
+    # Names with no label or honorific: expected misses (names are precision-first).
+    "{KR_PERSON}의 휴가 신청이 승인되었습니다.",
+    "어제 {KR_PERSON}하고 통화했는데 계약서 검토가 끝났대요.",
+    # Already-masked values and ranges must stay untouched.
+    "마스킹된 번호 010-****-{n:postal}, 주민번호 900101-1******, 카드 4111-****-****-1111",
+    "수량 {n:qty_range}개, 기간 {n:year_range}년",
+    "Tel:{KR_PHONE} / E-mail:{EMAIL}",
+    "입금 확인: {BANK} (입금자명 {KR_PERSON})",
+    "{n:date} {n:time} 접속 IP {IP_ADDRESS}, 실패 {n:amount}",
 ]
 
 CATEGORIES = {

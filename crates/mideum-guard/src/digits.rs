@@ -383,7 +383,10 @@ fn rrn_like(b: &[u8], c: &Chain, ctx: &mut LazyCtx) -> Option<Prop> {
         if rrn_ck {
             return prop(person_kind, if separated { 0.95 } else { 0.85 });
         }
-        if crn_ck && !person_ctx {
+        // Both a failed RRN check digit and a valid CRN one: a CRN, unless the
+        // birth date is on or after 2020-10-05, when RRNs stopped carrying a
+        // check digit and a valid CRN checksum is a 1-in-10 coincidence.
+        if crn_ck && !person_ctx && !validate::born_after_checksum_end(&d) {
             return prop(EntityType::KrCrn, if separated { 0.8 } else { 0.45 });
         }
         // Numbers issued since 2020-10-05 carry no check digit: a valid date

@@ -40,6 +40,15 @@ pub fn rrn_date_ok(d: &[u8; 13]) -> bool {
     valid_date(year, month, day)
 }
 
+/// True when the birth date encoded in an RRN is on or after 2020-10-05,
+/// the day new numbers stopped having a meaningful check digit.
+pub fn born_after_checksum_end(d: &[u8; 13]) -> bool {
+    let year = century_of(d[6]) + (d[0] * 10 + d[1]) as u32;
+    let month = (d[2] * 10 + d[3]) as u32;
+    let day = (d[4] * 10 + d[5]) as u32;
+    (year, month, day) >= (2020, 10, 5)
+}
+
 /// RRN check digit: weights 2..9,2..5; check = (11 - sum mod 11) mod 10.
 pub fn rrn_checksum_ok(d: &[u8; 13]) -> bool {
     const W: [u32; 12] = [2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5];
