@@ -54,7 +54,10 @@ pub struct Session {
 
 impl Session {
     pub fn new(model: &LoadedModel) -> Session {
-        Session { cache: model.new_cache(), ids: Vec::new() }
+        Session {
+            cache: model.new_cache(),
+            ids: Vec::new(),
+        }
     }
 
     pub fn cached_ids(&self) -> &[u32] {
@@ -65,12 +68,22 @@ impl Session {
     /// prompt tokens were reused.
     fn prefill(&mut self, model: &LoadedModel, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
         if prompt.is_empty() {
-            return Err(ModelError::Input("the prompt is empty: at least one token is needed".into()));
+            return Err(ModelError::Input(
+                "the prompt is empty: at least one token is needed".into(),
+            ));
         }
         if prompt.len() > self.cache.max_len() {
-            return Err(ModelError::ContextOverflow { tokens: prompt.len(), context: self.cache.max_len() });
+            return Err(ModelError::ContextOverflow {
+                tokens: prompt.len(),
+                context: self.cache.max_len(),
+            });
         }
-        let common = self.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .ids
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         // The last prompt token is always recomputed: its logits are needed.
         let reuse = common.min(prompt.len() - 1);
         self.cache.truncate(reuse);
@@ -134,7 +147,13 @@ pub fn generate(
             break;
         }
         text.push_str(&decoder.push(&model.tokenizer, id)?);
-        if let Some(pos) = req.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+        if let Some(pos) = req
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
             text.truncate(pos);
             if pos > emitted {
                 on_text(&text[emitted..]);
@@ -176,11 +195,16 @@ pub fn generate(
 /// Log-probability of every token of `ids` after the first, given the tokens before it.
 pub fn score(model: &LoadedModel, ids: &[u32]) -> Result<Vec<f32>> {
     if ids.len() < 2 {
-        return Err(ModelError::Input("scoring needs at least two tokens".into()));
+        return Err(ModelError::Input(
+            "scoring needs at least two tokens".into(),
+        ));
     }
     let mut cache = model.new_cache();
     if ids.len() > cache.max_len() {
-        return Err(ModelError::ContextOverflow { tokens: ids.len(), context: cache.max_len() });
+        return Err(ModelError::ContextOverflow {
+            tokens: ids.len(),
+            context: cache.max_len(),
+        });
     }
     let vocab = model.model.config.vocab_size;
     let mut out = Vec::with_capacity(ids.len() - 1);
@@ -189,7 +213,10 @@ pub fn score(model: &LoadedModel, ids: &[u32]) -> Result<Vec<f32>> {
         for i in 0..chunk.len() {
             let pos = ci * PREFILL_CHUNK + i;
             if pos + 1 < ids.len() {
-                out.push(mideum_kernels::ops::log_softmax_at(&logits[i * vocab..(i + 1) * vocab], ids[pos + 1] as usize));
+                out.push(mideum_kernels::ops::log_softmax_at(
+                    &logits[i * vocab..(i + 1) * vocab],
+                    ids[pos + 1] as usize,
+                ));
             }
         }
     }

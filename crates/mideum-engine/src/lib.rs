@@ -5,5 +5,5 @@
 pub mod generate;
 pub mod sampler;
 
-pub use generate::{generate, score, FinishReason, GenerateRequest, GenerateOutput, Session};
+pub use generate::{generate, score, FinishReason, GenerateOutput, GenerateRequest, Session};
 pub use sampler::{Sampler, SamplingParams};

@@ -43,7 +43,10 @@ impl SamplingParams {
     /// `do_sample` is true, then its temperature/top-k/top-p with transformers' defaults
     /// (1.0, 50, 1.0) for what it leaves out.
     pub fn from_defaults(g: &GenerationDefaults) -> SamplingParams {
-        let mut p = SamplingParams { repetition_penalty: g.repetition_penalty.unwrap_or(1.0), ..Default::default() };
+        let mut p = SamplingParams {
+            repetition_penalty: g.repetition_penalty.unwrap_or(1.0),
+            ..Default::default()
+        };
         if g.do_sample == Some(true) {
             p.temperature = g.temperature.unwrap_or(1.0);
             p.top_k = g.top_k.unwrap_or(50);
@@ -56,7 +59,10 @@ impl SamplingParams {
     /// Checks ranges; returns a message naming the bad parameter.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+            return Err(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -65,9 +71,15 @@ impl SamplingParams {
             return Err(format!("min_p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+            return Err(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
-        for (n, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+        for (n, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
             if !(-2.0..=2.0).contains(&v) {
                 return Err(format!("{n} must be in [-2, 2], got {v}"));
             }
@@ -92,7 +104,9 @@ impl Rng {
             x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             x ^ (x >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -124,10 +138,18 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let seed = params.seed.unwrap_or_else(|| {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
             t ^ (std::process::id() as u64) << 32
         });
-        Sampler { params, rng: Rng::new(seed), cand: Vec::new(), counts: Default::default() }
+        Sampler {
+            params,
+            rng: Rng::new(seed),
+            cand: Vec::new(),
+            counts: Default::default(),
+        }
     }
 
     /// Picks the next token from `logits` (modified in place) given the tokens seen so far
@@ -140,7 +162,11 @@ impl Sampler {
             seen.dedup();
             for &t in &seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -160,12 +186,22 @@ impl Sampler {
         }
         let inv_t = 1.0 / p.temperature;
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l * inv_t)));
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
         if self.cand.is_empty() {
             return argmax(logits);
         }
         // Sort descending by logit (ties by id for determinism); top-k cuts first.
-        let k = if p.top_k > 0 { p.top_k.min(self.cand.len()) } else { self.cand.len() };
+        let k = if p.top_k > 0 {
+            p.top_k.min(self.cand.len())
+        } else {
+            self.cand.len()
+        };
         let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if k < self.cand.len() {
             self.cand.select_nth_unstable_by(k - 1, cmp);
@@ -236,10 +272,17 @@ mod tests {
 
     #[test]
     fn seed_reproduces_and_top_k_restricts() {
-        let p = SamplingParams { temperature: 1.0, top_k: 2, seed: Some(7), ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            seed: Some(7),
+            ..Default::default()
+        };
         let run = || {
             let mut s = Sampler::new(p.clone());
-            (0..200).map(|_| s.sample(&mut logits(), &[], &[])).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| s.sample(&mut logits(), &[], &[]))
+                .collect::<Vec<_>>()
         };
         let a = run();
         assert_eq!(a, run());
@@ -249,13 +292,23 @@ mod tests {
 
     #[test]
     fn top_p_and_min_p_cut_the_tail() {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.5, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: Some(1),
+            ..Default::default()
+        });
         // p(1) ≈ 0.40, p(5) ≈ 0.36: the nucleus at 0.5 holds exactly those two.
         for _ in 0..100 {
             let t = s.sample(&mut logits(), &[], &[]);
             assert!(t == 1 || t == 5);
         }
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, min_p: 0.5, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            min_p: 0.5,
+            seed: Some(1),
+            ..Default::default()
+        });
         for _ in 0..100 {
             let t = s.sample(&mut logits(), &[], &[]);
             assert!(t == 1 || t == 5 || t == 2, "{t}");
@@ -264,7 +317,10 @@ mod tests {
 
     #[test]
     fn repetition_penalty_like_transformers() {
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        });
         let mut l = logits();
         // token 1 (3.0 → 1.5) and 4 (-1 → -2) are penalised; 5 (2.9) wins.
         assert_eq!(s.sample(&mut l, &[1, 4], &[]), 5);
@@ -273,11 +329,30 @@ mod tests {
 
     #[test]
     fn defaults_follow_generation_config() {
-        let g = GenerationDefaults { do_sample: Some(true), temperature: Some(0.8), top_k: Some(20), top_p: Some(0.75), ..Default::default() };
+        let g = GenerationDefaults {
+            do_sample: Some(true),
+            temperature: Some(0.8),
+            top_k: Some(20),
+            top_p: Some(0.75),
+            ..Default::default()
+        };
         let p = SamplingParams::from_defaults(&g);
         assert_eq!((p.temperature, p.top_k, p.top_p), (0.8, 20, 0.75));
-        assert_eq!(SamplingParams::from_defaults(&GenerationDefaults::default()).temperature, 0.0);
-        assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
-        assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
+        assert_eq!(
+            SamplingParams::from_defaults(&GenerationDefaults::default()).temperature,
+            0.0
+        );
+        assert!(SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        assert!(SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -271,9 +271,11 @@ fn parse_rope_scaling(s: &Value, max_pos: usize) -> Result<RopeScaling> {
             attention_factor: get_f64(s, "attention_factor")?,
             truncate: s.get("truncate").and_then(|b| b.as_bool()).unwrap_or(true),
         },
-        other => return Err(ModelError::Config(format!(
+        other => {
+            return Err(ModelError::Config(format!(
             "unsupported rope scaling type {other:?} (supported: linear, dynamic, llama3, yarn)"
-        ))),
+        )))
+        }
     })
 }
 

@@ -5,16 +5,16 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON: {error}")]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     #[error("{path}: {msg}")]
@@ -61,12 +61,12 @@ impl ModelError {
 pub type Result<T> = std::result::Result<T, ModelError>;
 
 pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+    let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
-    serde_json::from_slice(&bytes).map_err(|source| ModelError::Json {
+    serde_json::from_slice(&bytes).map_err(|error| ModelError::Json {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }

@@ -9,7 +9,7 @@ use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Threads for the forward pass (0 = all available cores).
     pub threads: usize,
@@ -17,14 +17,6 @@ pub struct LoadOptions {
     pub ctx_size: Option<usize>,
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            threads: 0,
-            ctx_size: None,
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointFormat {
@@ -56,9 +48,9 @@ fn threads(n: usize) -> usize {
 
 impl LoadedModel {
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
-        let meta = std::fs::metadata(path).map_err(|source| ModelError::Io {
+        let meta = std::fs::metadata(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         if meta.is_dir() {
             Self::load_hf(path, opts)
@@ -252,10 +244,7 @@ fn chat_template_from_hf(dir: &Path) -> Result<Option<String>> {
     if jinja.exists() {
         return std::fs::read_to_string(&jinja)
             .map(Some)
-            .map_err(|source| ModelError::Io {
-                path: jinja,
-                source,
-            });
+            .map_err(|error| ModelError::Io { path: jinja, error });
     }
     Ok(None)
 }
@@ -356,12 +345,18 @@ pub struct TextAssets {
 
 impl TextAssets {
     pub fn load(path: &Path) -> Result<TextAssets> {
-        let meta = std::fs::metadata(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let meta = std::fs::metadata(path).map_err(|error| ModelError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
         let (tokenizer, src) = if meta.is_dir() {
             (Tokenizer::from_hf_dir(path)?, chat_template_from_hf(path)?)
         } else {
             let g = GgufFile::open(path)?;
-            let src = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+            let src = g
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
             (Tokenizer::from_gguf(&g)?, src)
         };
         let template = match src {
@@ -374,11 +369,22 @@ impl TextAssets {
             )?),
             None => None,
         };
-        Ok(TextAssets { tokenizer, template })
+        Ok(TextAssets {
+            tokenizer,
+            template,
+        })
     }
 
-    pub fn render_chat(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, add_generation_prompt: bool) -> Result<String> {
-        let t = self.template.as_ref().ok_or_else(|| ModelError::Template("this model has no chat template".into()))?;
+    pub fn render_chat(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let t = self
+            .template
+            .as_ref()
+            .ok_or_else(|| ModelError::Template("this model has no chat template".into()))?;
         t.render(messages, tools, add_generation_prompt)
     }
 }

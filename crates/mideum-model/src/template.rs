@@ -129,7 +129,7 @@ impl DateTime {
                 Some('I') => {
                     out += &format!(
                         "{:02}",
-                        if self.hour % 12 == 0 {
+                        if self.hour.is_multiple_of(12) {
                             12
                         } else {
                             self.hour % 12
@@ -422,11 +422,7 @@ pub(crate) fn py_float_repr(f: f64) -> String {
     let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     if !(-4..16).contains(&exp) {
-        let mant = if mant.contains('.') {
-            mant.to_string()
-        } else {
-            mant.to_string()
-        };
+        
         let sign = if exp < 0 { '-' } else { '+' };
         return format!("{mant}e{sign}{:02}", exp.abs());
     }

@@ -38,16 +38,16 @@ pub struct MappedFile {
 
 impl MappedFile {
     pub fn open(path: &Path) -> Result<Arc<MappedFile>> {
-        let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+        let file = std::fs::File::open(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         // SAFETY: the map is read-only. Mideum never writes to checkpoint files; another process
         // truncating the file while it is mapped would fault, a risk every mmap-based loader
         // (llama.cpp, safetensors) accepts in exchange for not copying gigabytes.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
+        let map = unsafe { Mmap::map(&file) }.map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Ok(Arc::new(MappedFile { map }))
     }
@@ -102,7 +102,7 @@ impl Tensor {
         end: usize,
     ) -> Tensor {
         let bytes = &file.bytes()[start..end];
-        let aligned = (bytes.as_ptr() as usize) % dtype.size() == 0;
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(dtype.size());
         let storage = if aligned {
             Storage::Mapped { file, start, end }
         } else {

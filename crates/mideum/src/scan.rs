@@ -129,7 +129,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         let e = &v["entities"][0];
         assert_eq!(e["type"], "KR_PHONE");
-        assert_eq!((e["start"].as_u64(), e["end"].as_u64()), (Some(5), Some(18)));
+        assert_eq!(
+            (e["start"].as_u64(), e["end"].as_u64()),
+            (Some(5), Some(18))
+        );
         assert!(!out.contains("5678"), "values must not leak: {out}");
         let args = ScanArgs {
             json: true,
