@@ -63,25 +63,36 @@ pub fn matmul(
     pool.for_each(n_tasks, &|task| {
         let j0 = task * per_task;
         let j1 = (j0 + per_task).min(n);
+        // SAFETY: task `task` owns columns j0..j1 of every output row; tasks never overlap.
+        let mut outs: Vec<&mut [f32]> = (0..t)
+            .map(|tt| unsafe { dst.range(tt * n + j0, tt * n + j1) })
+            .collect();
         let mut row = Vec::new();
-        for tt in 0..t {
-            // SAFETY: task `task` owns columns j0..j1 of every output row; tasks never overlap.
-            let o = unsafe { dst.range(tt * n + j0, tt * n + j1) };
-            let xr = &x[tt * k..(tt + 1) * k];
-            for (oj, j) in o.iter_mut().zip(j0..j1) {
-                *oj = match w {
-                    WeightView::F32(w) => kern.dot_f32(&w[j * k..(j + 1) * k], xr),
-                    WeightView::BF16(wb) if t == 1 => kern.dot_bf16(&wb[j * k..(j + 1) * k], xr),
-                    WeightView::F16(wh) if t == 1 => kern.dot_f16(&wh[j * k..(j + 1) * k], xr),
-                    _ => {
-                        // Many activation rows: widen the weight row once per token block.
-                        if row.len() != k {
-                            row.resize(k, 0.0);
-                        }
-                        w.row_f32(j, k, &mut row);
-                        kern.dot_f32(&row, xr)
+        for j in j0..j1 {
+            let jj = j - j0;
+            match w {
+                WeightView::F32(w) => {
+                    let wr = &w[j * k..(j + 1) * k];
+                    for (tt, o) in outs.iter_mut().enumerate() {
+                        o[jj] = kern.dot_f32(wr, &x[tt * k..(tt + 1) * k]);
                     }
-                };
+                }
+                WeightView::BF16(wb) if t == 1 => {
+                    outs[0][jj] = kern.dot_bf16(&wb[j * k..(j + 1) * k], x)
+                }
+                WeightView::F16(wh) if t == 1 => {
+                    outs[0][jj] = kern.dot_f16(&wh[j * k..(j + 1) * k], x)
+                }
+                _ => {
+                    // Many activation rows: widen the weight row once, use it for all of them.
+                    if row.len() != k {
+                        row.resize(k, 0.0);
+                    }
+                    w.row_f32(j, k, &mut row);
+                    for (tt, o) in outs.iter_mut().enumerate() {
+                        o[jj] = kern.dot_f32(&row, &x[tt * k..(tt + 1) * k]);
+                    }
+                }
             }
         }
     });

@@ -17,7 +17,6 @@ pub struct LoadOptions {
     pub ctx_size: Option<usize>,
 }
 
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointFormat {
     HuggingFace,

@@ -198,6 +198,17 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
+    /// Like `decode`, but ids the tokenizer does not know become nothing. Checkpoints often pad
+    /// the embedding matrix past the tokenizer's vocabulary (Mi:dm: 131,392 rows), and a model
+    /// can sample such an id; generation must not fail on it.
+    pub fn decode_lenient(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        let n = self.vocab_size() as u32;
+        let known: Vec<u32> = ids.iter().copied().filter(|&i| i < n).collect();
+        self.inner
+            .decode(&known, skip_special_tokens)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -239,11 +250,11 @@ impl StreamDecoder {
     /// Adds one token; returns the new text it completes, if any.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let prefix = tok.decode(
+        let prefix = tok.decode_lenient(
             &self.ids[self.prefix_offset..self.read_offset],
             self.skip_special,
         )?;
-        let full = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        let full = tok.decode_lenient(&self.ids[self.prefix_offset..], self.skip_special)?;
         if full.len() > prefix.len()
             && !full.ends_with('\u{FFFD}')
             && full.is_char_boundary(prefix.len())
@@ -259,11 +270,11 @@ impl StreamDecoder {
 
     /// Text still held back at the end of the stream (an incomplete character, if any).
     pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
-        let prefix = tok.decode(
+        let prefix = tok.decode_lenient(
             &self.ids[self.prefix_offset..self.read_offset],
             self.skip_special,
         )?;
-        let full = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        let full = tok.decode_lenient(&self.ids[self.prefix_offset..], self.skip_special)?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(
