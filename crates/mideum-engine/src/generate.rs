@@ -4,7 +4,9 @@
 //! could be the start of a stop string is held back until it is known not to be one.
 
 use crate::sampler::{Sampler, SamplingParams};
-use mideum_model::{KvCache, LoadedModel, Logits, ModelError, Result, StreamDecoder};
+use mideum_model::{
+    BatchItem, KvPool, LoadedModel, Logits, ModelError, Result, SeqKv, StreamDecoder, BLOCK_TOKENS,
+};
 use std::time::Instant;
 
 /// Prompt tokens are run through the model in chunks of this many, bounding activation memory.
@@ -45,23 +47,32 @@ pub struct GenerateOutput {
     pub decode_secs: f64,
 }
 
-/// A KV cache plus the token ids whose keys and values it holds, so that a following request
-/// that starts with the same tokens (the next turn of a chat) only computes what is new.
+/// A sequence with its own block pool. Between requests the pool keeps the blocks of what was
+/// computed, so a following request that starts with the same tokens (the next turn of a chat)
+/// only computes what is new.
 pub struct Session {
-    cache: KvCache,
-    ids: Vec<u32>,
+    pool: KvPool,
+    seq: SeqKv,
+    max_len: usize,
 }
 
 impl Session {
     pub fn new(model: &LoadedModel) -> Session {
+        let max_len = model.ctx_size;
+        // Room for the context plus one spare block per prompt chunk boundary.
         Session {
-            cache: model.new_cache(),
-            ids: Vec::new(),
+            pool: model.model.new_pool(max_len.div_ceil(BLOCK_TOKENS) + 1),
+            seq: SeqKv::default(),
+            max_len,
         }
     }
 
     pub fn cached_ids(&self) -> &[u32] {
-        &self.ids
+        self.seq.tokens()
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
     }
 
     /// Brings the cache to `prompt` and returns the logits after its last token, plus how many
@@ -72,34 +83,50 @@ impl Session {
                 "the prompt is empty: at least one token is needed".into(),
             ));
         }
-        if prompt.len() > self.cache.max_len() {
+        if prompt.len() > self.max_len {
             return Err(ModelError::ContextOverflow {
                 tokens: prompt.len(),
-                context: self.cache.max_len(),
+                context: self.max_len,
             });
         }
-        let common = self
-            .ids
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
-        // The last prompt token is always recomputed: its logits are needed.
-        let reuse = common.min(prompt.len() - 1);
-        self.cache.truncate(reuse);
-        self.ids.truncate(reuse);
+        // Register what the previous request computed, then start over from the longest
+        // cached prefix of the new prompt.
+        self.pool.release(&mut self.seq);
+        let reuse = self.pool.attach_prefix(&mut self.seq, prompt);
+        let rest = &prompt[reuse..];
+        let n_chunks = rest.len().div_ceil(PREFILL_CHUNK);
         let mut logits = Vec::new();
-        for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
-            logits = model.model.forward(chunk, &mut self.cache, Logits::Last)?;
-            self.ids.extend_from_slice(chunk);
+        for (ci, chunk) in rest.chunks(PREFILL_CHUNK).enumerate() {
+            let want = if ci + 1 == n_chunks {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            let mut items = [BatchItem {
+                tokens: chunk,
+                seq: &mut self.seq,
+                logits: want,
+            }];
+            logits = model
+                .model
+                .forward_batch(&mut self.pool, &mut items)?
+                .pop()
+                .unwrap_or_default();
         }
         Ok((logits, reuse))
     }
 
     fn step(&mut self, model: &LoadedModel, id: u32) -> Result<Vec<f32>> {
-        let l = model.model.forward(&[id], &mut self.cache, Logits::Last)?;
-        self.ids.push(id);
-        Ok(l)
+        let mut items = [BatchItem {
+            tokens: &[id],
+            seq: &mut self.seq,
+            logits: Logits::Last,
+        }];
+        Ok(model
+            .model
+            .forward_batch(&mut self.pool, &mut items)?
+            .pop()
+            .unwrap_or_default())
     }
 }
 
@@ -135,7 +162,7 @@ pub fn generate(
     let mut ids = Vec::new();
     let mut text = String::new();
     let mut emitted = 0;
-    let room = session.cache.max_len() - req.prompt_ids.len();
+    let room = session.max_len() - req.prompt_ids.len();
     let limit = req.max_tokens.min(room);
     let mut finish = FinishReason::Length;
     while ids.len() < limit {

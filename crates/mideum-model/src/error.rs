@@ -38,6 +38,9 @@ pub enum ModelError {
     #[error("the prompt has {tokens} tokens but the context window holds {context} (use a shorter prompt or a larger --ctx-size if the model supports it)")]
     ContextOverflow { tokens: usize, context: usize },
 
+    #[error("the KV cache is full ({blocks} blocks, {tokens} tokens): raise --kv-cache-mb or shorten the request")]
+    KvCacheFull { blocks: usize, tokens: usize },
+
     #[error("{0}")]
     Input(String),
 }

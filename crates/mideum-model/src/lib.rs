@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod kv;
 pub mod llama;
 pub mod loader;
 pub mod safetensors;
@@ -14,7 +15,8 @@ pub mod tokenizer;
 
 pub use config::{GenerationDefaults, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
-pub use llama::{KvCache, Llama, Logits};
+pub use kv::{KvPool, KvStats, SeqKv, BLOCK_TOKENS};
+pub use llama::{BatchItem, KvCache, Llama, Logits};
 pub use loader::{CheckpointFormat, LoadOptions, LoadedModel, TextAssets};
 pub use template::{ChatTemplate, DateTime};
 pub use tokenizer::{StreamDecoder, Tokenizer};

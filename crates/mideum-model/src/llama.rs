@@ -5,6 +5,7 @@
 
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{ModelError, Result};
+use crate::kv::{KvPool, SeqKv, BLOCK_TOKENS};
 use crate::tensor::Tensor;
 use mideum_kernels::ops::{add_assign, rmsnorm, rope, silu_mul, softmax};
 use mideum_kernels::par::DisjointSlice;
@@ -41,68 +42,41 @@ pub struct Llama {
     kern: DotKernel,
 }
 
-/// Keys and values of every layer for the positions processed so far (f32, grown on demand so
-/// that memory follows the actual context, not the maximum).
+/// A private cache for one sequence (the CLI, scoring, tests): its own block pool sized to
+/// the context window, allocated as it fills.
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    len: usize,
-    kv_dim: usize,
+    pool: KvPool,
+    seq: SeqKv,
     max_len: usize,
 }
 
 impl KvCache {
     pub fn len(&self) -> usize {
-        self.len
+        self.seq.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.seq.is_empty()
     }
 
     pub fn max_len(&self) -> usize {
         self.max_len
     }
+}
 
-    /// Forgets positions from `len` on (e.g. to reuse a shared prefix).
-    pub fn truncate(&mut self, len: usize) {
-        if len < self.len {
-            self.len = len;
-            for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-                l.truncate(len * self.kv_dim);
-            }
-        }
-    }
-
-    /// Appends keys and values of new positions to layer `li`, growing in steps of 256
-    /// positions so that memory tracks the context actually used (no doubling overshoot).
-    fn append(&mut self, li: usize, k: &[f32], v: &[f32]) {
-        for (buf, new) in [(&mut self.k[li], k), (&mut self.v[li], v)] {
-            let need = buf.len() + new.len();
-            if need > buf.capacity() {
-                let step = 256 * self.kv_dim;
-                let target = (need.div_ceil(step) * step)
-                    .min(self.max_len * self.kv_dim)
-                    .max(need);
-                buf.reserve_exact(target - buf.len());
-            }
-            buf.extend_from_slice(new);
-        }
-    }
-
-    /// Bytes currently held.
-    pub fn bytes(&self) -> usize {
-        self.k
-            .iter()
-            .chain(self.v.iter())
-            .map(|l| l.capacity() * 4)
-            .sum()
-    }
+/// One sequence's share of a batched forward pass.
+pub struct BatchItem<'a> {
+    /// New tokens, at the positions after those already in `seq`.
+    pub tokens: &'a [u32],
+    pub seq: &'a mut SeqKv,
+    pub logits: Logits,
 }
 
 /// Which positions' logits `forward` returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
+    /// None (a prefill chunk that does not end the prompt).
+    None,
     Last,
     All,
 }
@@ -207,14 +181,21 @@ impl Llama {
     }
 
     pub fn new_cache(&self, max_len: usize) -> KvCache {
-        let n = self.config.num_layers;
         KvCache {
-            k: (0..n).map(|_| Vec::new()).collect(),
-            v: (0..n).map(|_| Vec::new()).collect(),
-            len: 0,
-            kv_dim: self.config.kv_dim(),
+            pool: self.new_pool(max_len.div_ceil(BLOCK_TOKENS)),
+            seq: SeqKv::default(),
             max_len,
         }
+    }
+
+    /// A shared block pool of at most `max_blocks` blocks.
+    pub fn new_pool(&self, max_blocks: usize) -> KvPool {
+        KvPool::new(self.config.num_layers, self.config.kv_dim(), max_blocks)
+    }
+
+    /// Bytes of one KV block for this model.
+    pub fn kv_block_bytes(&self) -> usize {
+        KvPool::block_bytes(self.config.num_layers, self.config.kv_dim())
     }
 
     /// Bytes of weights (mapped or owned) the model reads.
@@ -358,23 +339,65 @@ impl Llama {
     /// Runs `tokens` at the positions after those already in `cache`, appends their keys and
     /// values, and returns logits (`vocab_size` floats per returned position).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
-        let c = &self.config;
-        let t = tokens.len();
-        if t == 0 {
-            return Ok(Vec::new());
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(ModelError::Input(format!(
-                "token id {bad} is outside the model's vocabulary (size {})",
-                c.vocab_size
-            )));
-        }
-        let p0 = cache.len;
-        if p0 + t > cache.max_len {
+        if cache.seq.len() + tokens.len() > cache.max_len {
             return Err(ModelError::ContextOverflow {
-                tokens: p0 + t,
+                tokens: cache.seq.len() + tokens.len(),
                 context: cache.max_len,
             });
+        }
+        let mut items = [BatchItem {
+            tokens,
+            seq: &mut cache.seq,
+            logits: which,
+        }];
+        let mut out = self.forward_batch(&mut cache.pool, &mut items)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// One forward pass over several sequences at once: every weight matrix is read once for
+    /// all their tokens; attention runs per sequence over its own blocks. Returns the requested
+    /// logits per item (empty for `Logits::None`).
+    pub fn forward_batch(
+        &self,
+        pool: &mut KvPool,
+        items: &mut [BatchItem<'_>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        for it in items.iter() {
+            if let Some(&bad) = it.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+                return Err(ModelError::Input(format!(
+                    "token id {bad} is outside the model's vocabulary (size {})",
+                    c.vocab_size
+                )));
+            }
+        }
+        // Reserve every block first so that a full cache fails before any work is done.
+        let need: usize = items
+            .iter()
+            .map(|it| KvPool::blocks_needed(it.seq, it.tokens.len()))
+            .sum();
+        if need > pool.available_blocks() {
+            return Err(ModelError::KvCacheFull {
+                blocks: pool.max_blocks(),
+                tokens: pool.max_tokens(),
+            });
+        }
+        for it in items.iter_mut() {
+            pool.reserve(it.seq, it.tokens.len())?;
+        }
+        // Row r of the flattened batch belongs to item `row_item[r]` at position `row_pos[r]`.
+        let mut row_item = Vec::new();
+        let mut row_pos = Vec::new();
+        for (ii, it) in items.iter().enumerate() {
+            let p0 = it.seq.len();
+            for i in 0..it.tokens.len() {
+                row_item.push(ii);
+                row_pos.push(p0 + i);
+            }
+        }
+        let t = row_item.len();
+        if t == 0 {
+            return Ok(items.iter().map(|_| Vec::new()).collect());
         }
         let (h, qd, kvd, ff, hd) = (
             c.hidden_size,
@@ -383,25 +406,29 @@ impl Llama {
             c.intermediate_size,
             c.head_dim,
         );
-        let (pool, kern) = (&self.pool, self.kern);
+        let (tp, kern) = (&self.pool, self.kern);
 
         let mut x = vec![0f32; t * h];
-        for (i, &id) in tokens.iter().enumerate() {
+        for (r, &id) in items.iter().flat_map(|it| it.tokens.iter()).enumerate() {
             self.embed
                 .view()
-                .row_f32(id as usize, h, &mut x[i * h..(i + 1) * h]);
+                .row_f32(id as usize, h, &mut x[r * h..(r + 1) * h]);
         }
-        // cos/sin per new position.
-        let (inv_freq, att_scale) = self.rope_freqs(p0 + t);
+        // cos/sin per row; frequencies can depend on each sequence's length (dynamic NTK).
         let half = hd / 2;
         let mut cos = vec![0f32; t * half];
         let mut sin = vec![0f32; t * half];
-        for i in 0..t {
-            let pos = (p0 + i) as f32;
-            for (j, &f) in inv_freq.iter().enumerate() {
-                let a = pos * f;
-                cos[i * half + j] = a.cos() * att_scale;
-                sin[i * half + j] = a.sin() * att_scale;
+        let mut r = 0;
+        for it in items.iter() {
+            let (inv_freq, att_scale) = self.rope_freqs(it.seq.len() + it.tokens.len());
+            for i in 0..it.tokens.len() {
+                let pos = (it.seq.len() + i) as f32;
+                for (j, &f) in inv_freq.iter().enumerate() {
+                    let a = pos * f;
+                    cos[r * half + j] = a.cos() * att_scale;
+                    sin[r * half + j] = a.sin() * att_scale;
+                }
+                r += 1;
             }
         }
 
@@ -415,6 +442,7 @@ impl Llama {
         let mut up = vec![0f32; t * ff];
         let scale = 1.0 / (hd as f32).sqrt();
         let group = c.num_heads / c.num_kv_heads;
+        let max_ctx = row_pos.iter().max().copied().unwrap_or(0) + 1;
 
         for (li, l) in self.layers.iter().enumerate() {
             for i in 0..t {
@@ -425,9 +453,9 @@ impl Llama {
                     &mut hbuf[i * h..(i + 1) * h],
                 );
             }
-            matmul(pool, kern, &hbuf, t, h, l.wq.view(), qd, &mut q);
-            matmul(pool, kern, &hbuf, t, h, l.wk.view(), kvd, &mut k);
-            matmul(pool, kern, &hbuf, t, h, l.wv.view(), kvd, &mut v);
+            matmul(tp, kern, &hbuf, t, h, l.wq.view(), qd, &mut q);
+            matmul(tp, kern, &hbuf, t, h, l.wk.view(), kvd, &mut k);
+            matmul(tp, kern, &hbuf, t, h, l.wv.view(), kvd, &mut v);
             for i in 0..t {
                 let (cs, sn) = (
                     &cos[i * half..(i + 1) * half],
@@ -449,35 +477,42 @@ impl Llama {
                         self.rope_layout,
                     );
                 }
+                pool.write(
+                    items[row_item[i]].seq,
+                    li,
+                    row_pos[i],
+                    &k[i * kvd..(i + 1) * kvd],
+                    &v[i * kvd..(i + 1) * kvd],
+                );
             }
-            cache.append(li, &k, &v);
-            let (kc, vc) = (&cache.k[li], &cache.v[li]);
 
             let dst = DisjointSlice::new(&mut attn);
-            let qr = &q;
-            pool.for_each(c.num_heads, &|hh| {
+            let (qr, pool_r, items_r, row_item_r, row_pos_r) =
+                (&q, &*pool, &*items, &row_item, &row_pos);
+            // One task per (row, head): rows of different sequences read different blocks.
+            tp.for_each(t * c.num_heads, &|task| {
+                let (i, hh) = (task / c.num_heads, task % c.num_heads);
+                let seq = &*items_r[row_item_r[i]].seq;
+                let n_ctx = row_pos_r[i] + 1;
                 let kvh = hh / group;
-                let mut scores = vec![0f32; p0 + t];
-                for i in 0..t {
-                    let n_ctx = p0 + i + 1;
-                    let qv = &qr[i * qd + hh * hd..i * qd + (hh + 1) * hd];
-                    for (j, s) in scores[..n_ctx].iter_mut().enumerate() {
-                        *s = kern.dot_f32(qv, &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd])
-                            * scale;
-                    }
-                    softmax(&mut scores[..n_ctx]);
-                    // SAFETY: head `hh` owns columns hh*hd..(hh+1)*hd of every row; heads are distinct tasks.
-                    let out = unsafe { dst.range(i * qd + hh * hd, i * qd + (hh + 1) * hd) };
-                    out.iter_mut().for_each(|o| *o = 0.0);
-                    for (j, &p) in scores[..n_ctx].iter().enumerate() {
-                        let vv = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                        for (o, &vx) in out.iter_mut().zip(vv) {
-                            *o += p * vx;
-                        }
+                let mut scores = Vec::with_capacity(max_ctx);
+                let qv = &qr[i * qd + hh * hd..i * qd + (hh + 1) * hd];
+                for j in 0..n_ctx {
+                    let kv = &pool_r.key(seq, li, j)[kvh * hd..(kvh + 1) * hd];
+                    scores.push(kern.dot_f32(qv, kv) * scale);
+                }
+                softmax(&mut scores);
+                // SAFETY: task (i, hh) owns row i's columns hh*hd..(hh+1)*hd; tasks are distinct.
+                let out = unsafe { dst.range(i * qd + hh * hd, i * qd + (hh + 1) * hd) };
+                out.iter_mut().for_each(|o| *o = 0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    let vv = &pool_r.value(seq, li, j)[kvh * hd..(kvh + 1) * hd];
+                    for (o, &vx) in out.iter_mut().zip(vv) {
+                        *o += p * vx;
                     }
                 }
             });
-            matmul(pool, kern, &attn, t, qd, l.wo.view(), h, &mut o);
+            matmul(tp, kern, &attn, t, qd, l.wo.view(), h, &mut o);
             add_assign(&mut x, &o);
 
             for i in 0..t {
@@ -488,38 +523,61 @@ impl Llama {
                     &mut hbuf[i * h..(i + 1) * h],
                 );
             }
-            matmul(pool, kern, &hbuf, t, h, l.w_gate.view(), ff, &mut gate);
-            matmul(pool, kern, &hbuf, t, h, l.w_up.view(), ff, &mut up);
+            matmul(tp, kern, &hbuf, t, h, l.w_gate.view(), ff, &mut gate);
+            matmul(tp, kern, &hbuf, t, h, l.w_up.view(), ff, &mut up);
             silu_mul(&mut gate, &up);
-            matmul(pool, kern, &gate, t, ff, l.w_down.view(), h, &mut o);
+            matmul(tp, kern, &gate, t, ff, l.w_down.view(), h, &mut o);
             add_assign(&mut x, &o);
         }
-        cache.len = p0 + t;
+        for it in items.iter_mut() {
+            pool.commit(it.seq, it.tokens);
+        }
 
-        let rows: Vec<usize> = match which {
-            Logits::Last => vec![t - 1],
-            Logits::All => (0..t).collect(),
-        };
+        // Rows whose logits are wanted, then one LM-head product for all of them.
+        let mut rows = Vec::new();
+        let mut r0 = 0;
+        for it in items.iter() {
+            let n = it.tokens.len();
+            match it.logits {
+                Logits::None => {}
+                Logits::Last if n > 0 => rows.push(r0 + n - 1),
+                Logits::Last => {}
+                Logits::All => rows.extend(r0..r0 + n),
+            }
+            r0 += n;
+        }
         let mut normed = vec![0f32; rows.len() * h];
-        for (r, &i) in rows.iter().enumerate() {
+        for (ri, &i) in rows.iter().enumerate() {
             rmsnorm(
                 &x[i * h..(i + 1) * h],
                 &self.final_norm,
                 c.rms_norm_eps,
-                &mut normed[r * h..(r + 1) * h],
+                &mut normed[ri * h..(ri + 1) * h],
             );
         }
-        let mut logits = vec![0f32; rows.len() * c.vocab_size];
+        let vocab = c.vocab_size;
+        let mut logits = vec![0f32; rows.len() * vocab];
         matmul(
-            pool,
+            tp,
             kern,
             &normed,
             rows.len(),
             h,
             self.lm_head.view(),
-            c.vocab_size,
+            vocab,
             &mut logits,
         );
-        Ok(logits)
+        let mut out = Vec::with_capacity(items.len());
+        let mut taken = 0;
+        for it in items.iter() {
+            let n = match it.logits {
+                Logits::None => 0,
+                Logits::Last => usize::from(!it.tokens.is_empty()),
+                Logits::All => it.tokens.len(),
+            };
+            out.push(logits[taken * vocab..(taken + n) * vocab].to_vec());
+            taken += n;
+        }
+        Ok(out)
     }
 }

@@ -215,3 +215,64 @@ fn greedy_continuations_match_transformers() {
         }
     }
 }
+
+#[test]
+fn batched_forward_equals_one_sequence_at_a_time() {
+    let m = load("tiny-mini");
+    let g = golden("tiny-mini");
+    let seqs: Vec<Vec<u32>> = g["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ids(&s["ids"]))
+        .collect();
+    let vocab = m.model.config.vocab_size;
+    // Alone.
+    let alone: Vec<Vec<f32>> = seqs
+        .iter()
+        .map(|s| {
+            let mut c = m.new_cache();
+            m.model
+                .forward(&s[..s.len() - 1], &mut c, Logits::None)
+                .unwrap();
+            m.model
+                .forward(&s[s.len() - 1..], &mut c, Logits::Last)
+                .unwrap()
+        })
+        .collect();
+    // Together in one pool: prefill all but the last token in one batch, then one decode step
+    // for all three.
+    let mut pool = m.model.new_pool(64);
+    let mut kv: Vec<mideum_model::SeqKv> = seqs.iter().map(|_| Default::default()).collect();
+    {
+        let mut items: Vec<mideum_model::BatchItem> = seqs
+            .iter()
+            .zip(kv.iter_mut())
+            .map(|(s, seq)| mideum_model::BatchItem {
+                tokens: &s[..s.len() - 1],
+                seq,
+                logits: Logits::None,
+            })
+            .collect();
+        m.model.forward_batch(&mut pool, &mut items).unwrap();
+    }
+    let mut items: Vec<mideum_model::BatchItem> = seqs
+        .iter()
+        .zip(kv.iter_mut())
+        .map(|(s, seq)| mideum_model::BatchItem {
+            tokens: &s[s.len() - 1..],
+            seq,
+            logits: Logits::Last,
+        })
+        .collect();
+    let together = m.model.forward_batch(&mut pool, &mut items).unwrap();
+    for (a, b) in alone.iter().zip(&together) {
+        assert_eq!(a.len(), vocab);
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "batched logits differ by {worst}");
+    }
+}

@@ -1,0 +1,343 @@
+//! The KV cache in fixed-size blocks, shared by all sequences under one memory budget, with
+//! automatic prefix caching: every full block is registered under a hash of the whole token
+//! prefix it completes, so a later request starting with the same tokens (Mi:dm's long system
+//! prompt, a shared document, earlier turns of a chat) reuses those blocks instead of
+//! recomputing them. Unreferenced cached blocks are evicted least-recently-used first.
+//!
+//! Only full blocks are ever shared, and a sequence only writes into its last, partial block,
+//! so shared blocks are read-only without copy-on-write.
+
+use crate::error::{ModelError, Result};
+use std::collections::{BTreeMap, HashMap};
+
+/// Positions per block.
+pub const BLOCK_TOKENS: usize = 16;
+
+pub type BlockId = u32;
+
+/// Identifies a full block by everything before it and its own tokens.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct PrefixKey {
+    parent: u64,
+    tokens: [u32; BLOCK_TOKENS],
+}
+
+fn chain_hash(parent: u64, tokens: &[u32]) -> u64 {
+    // FNV-1a over the parent hash and the token ids: deterministic across runs, and the key
+    // also stores the block's own tokens, so a collision needs two equal 64-bit prefix hashes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ parent.rotate_left(17);
+    for &t in tokens {
+        for b in t.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+    h
+}
+
+/// Per-sequence view of the cache: the block table and the tokens stored so far.
+#[derive(Default, Debug)]
+pub struct SeqKv {
+    blocks: Vec<BlockId>,
+    tokens: Vec<u32>,
+    /// Chain hash after each full block.
+    chain: Vec<u64>,
+}
+
+impl SeqKv {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub(crate) fn block_of(&self, pos: usize) -> BlockId {
+        self.blocks[pos / BLOCK_TOKENS]
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvStats {
+    pub blocks_total: usize,
+    pub blocks_in_use: usize,
+    pub blocks_cached: usize,
+    pub prefix_lookup_tokens: u64,
+    pub prefix_hit_tokens: u64,
+}
+
+pub struct KvPool {
+    layers: usize,
+    kv_dim: usize,
+    max_blocks: usize,
+    storage: Vec<Box<[f32]>>,
+    refcount: Vec<u32>,
+    key_of: Vec<Option<PrefixKey>>,
+    last_used: Vec<u64>,
+    free: Vec<BlockId>,
+    map: HashMap<PrefixKey, BlockId>,
+    /// Registered blocks nobody references, by last use: the eviction order.
+    evictable: BTreeMap<(u64, BlockId), ()>,
+    tick: u64,
+    lookup_tokens: u64,
+    hit_tokens: u64,
+}
+
+impl KvPool {
+    /// A pool of at most `max_blocks` blocks; storage is allocated as blocks are first used.
+    pub fn new(layers: usize, kv_dim: usize, max_blocks: usize) -> KvPool {
+        KvPool {
+            layers,
+            kv_dim,
+            max_blocks: max_blocks.max(1),
+            storage: Vec::new(),
+            refcount: Vec::new(),
+            key_of: Vec::new(),
+            last_used: Vec::new(),
+            free: Vec::new(),
+            map: HashMap::new(),
+            evictable: BTreeMap::new(),
+            tick: 0,
+            lookup_tokens: 0,
+            hit_tokens: 0,
+        }
+    }
+
+    /// Bytes one block takes (keys and values of every layer).
+    pub fn block_bytes(layers: usize, kv_dim: usize) -> usize {
+        layers * 2 * BLOCK_TOKENS * kv_dim * 4
+    }
+
+    pub fn max_blocks(&self) -> usize {
+        self.max_blocks
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_blocks * BLOCK_TOKENS
+    }
+
+    pub fn stats(&self) -> KvStats {
+        let in_use = self.refcount.iter().filter(|&&r| r > 0).count();
+        KvStats {
+            blocks_total: self.max_blocks,
+            blocks_in_use: in_use,
+            blocks_cached: self.evictable.len(),
+            prefix_lookup_tokens: self.lookup_tokens,
+            prefix_hit_tokens: self.hit_tokens,
+        }
+    }
+
+    /// Blocks that can still be handed out (free, never allocated, or evictable).
+    pub fn available_blocks(&self) -> usize {
+        self.free.len() + (self.max_blocks - self.storage.len()) + self.evictable.len()
+    }
+
+    fn touch(&mut self, b: BlockId) {
+        self.tick += 1;
+        self.last_used[b as usize] = self.tick;
+    }
+
+    fn take_block(&mut self) -> Result<BlockId> {
+        let b = if let Some(b) = self.free.pop() {
+            b
+        } else if self.storage.len() < self.max_blocks {
+            let b = self.storage.len() as BlockId;
+            self.storage
+                .push(vec![0f32; self.layers * 2 * BLOCK_TOKENS * self.kv_dim].into_boxed_slice());
+            self.refcount.push(0);
+            self.key_of.push(None);
+            self.last_used.push(0);
+            b
+        } else if let Some((&(t, b), _)) = self.evictable.iter().next() {
+            self.evictable.remove(&(t, b));
+            if let Some(k) = self.key_of[b as usize].take() {
+                self.map.remove(&k);
+            }
+            b
+        } else {
+            return Err(ModelError::KvCacheFull {
+                blocks: self.max_blocks,
+                tokens: self.max_tokens(),
+            });
+        };
+        self.refcount[b as usize] = 1;
+        self.touch(b);
+        Ok(b)
+    }
+
+    /// Starts `seq` (which must be empty) with the longest cached prefix of `prompt`, keeping
+    /// at least one prompt token to compute (its logits are needed). Returns the number of
+    /// prompt tokens reused.
+    pub fn attach_prefix(&mut self, seq: &mut SeqKv, prompt: &[u32]) -> usize {
+        debug_assert!(seq.is_empty());
+        let usable = prompt.len().saturating_sub(1) / BLOCK_TOKENS;
+        let mut parent = 0u64;
+        for chunk in prompt.chunks_exact(BLOCK_TOKENS).take(usable) {
+            let mut tokens = [0u32; BLOCK_TOKENS];
+            tokens.copy_from_slice(chunk);
+            let key = PrefixKey { parent, tokens };
+            let Some(&b) = self.map.get(&key) else { break };
+            if self.refcount[b as usize] == 0 {
+                self.evictable.remove(&(self.last_used[b as usize], b));
+            }
+            self.refcount[b as usize] += 1;
+            self.touch(b);
+            parent = chain_hash(parent, chunk);
+            seq.blocks.push(b);
+            seq.chain.push(parent);
+            seq.tokens.extend_from_slice(chunk);
+        }
+        self.lookup_tokens += prompt.len() as u64;
+        self.hit_tokens += seq.len() as u64;
+        seq.len()
+    }
+
+    /// Makes room in `seq` for `n` more positions.
+    pub fn reserve(&mut self, seq: &mut SeqKv, n: usize) -> Result<()> {
+        let need = (seq.len() + n).div_ceil(BLOCK_TOKENS);
+        while seq.blocks.len() < need {
+            let b = match self.take_block() {
+                Ok(b) => b,
+                Err(e) => return Err(e),
+            };
+            seq.blocks.push(b);
+        }
+        Ok(())
+    }
+
+    /// Blocks `seq` would need for `n` more positions beyond what it holds.
+    pub fn blocks_needed(seq: &SeqKv, n: usize) -> usize {
+        (seq.len() + n)
+            .div_ceil(BLOCK_TOKENS)
+            .saturating_sub(seq.blocks.len())
+    }
+
+    /// Records that `tokens` were written at the end of `seq`, registering blocks they fill.
+    pub(crate) fn commit(&mut self, seq: &mut SeqKv, tokens: &[u32]) {
+        let before = seq.len() / BLOCK_TOKENS;
+        seq.tokens.extend_from_slice(tokens);
+        let after = seq.len() / BLOCK_TOKENS;
+        for bi in before..after {
+            let parent = if bi == 0 { 0 } else { seq.chain[bi - 1] };
+            let chunk = &seq.tokens[bi * BLOCK_TOKENS..(bi + 1) * BLOCK_TOKENS];
+            let mut arr = [0u32; BLOCK_TOKENS];
+            arr.copy_from_slice(chunk);
+            let key = PrefixKey {
+                parent,
+                tokens: arr,
+            };
+            let b = seq.blocks[bi];
+            if self.key_of[b as usize].is_none() && !self.map.contains_key(&key) {
+                self.map.insert(key.clone(), b);
+                self.key_of[b as usize] = Some(key);
+            }
+            seq.chain.push(chain_hash(parent, chunk));
+        }
+    }
+
+    /// Gives back every block of `seq`; cached ones stay reusable until evicted.
+    pub fn release(&mut self, seq: &mut SeqKv) {
+        for b in seq.blocks.drain(..) {
+            let r = &mut self.refcount[b as usize];
+            *r = r.saturating_sub(1);
+            if *r == 0 {
+                if self.key_of[b as usize].is_some() {
+                    self.evictable.insert((self.last_used[b as usize], b), ());
+                } else {
+                    self.free.push(b);
+                }
+            }
+        }
+        seq.tokens.clear();
+        seq.chain.clear();
+    }
+
+    /// Offset of (layer, k-or-v, position-in-block) inside a block.
+    #[inline]
+    fn offset(&self, layer: usize, is_v: usize, slot: usize) -> usize {
+        ((layer * 2 + is_v) * BLOCK_TOKENS + slot) * self.kv_dim
+    }
+
+    pub(crate) fn write(&mut self, seq: &SeqKv, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let b = seq.block_of(pos) as usize;
+        let slot = pos % BLOCK_TOKENS;
+        let (ko, vo) = (self.offset(layer, 0, slot), self.offset(layer, 1, slot));
+        let d = self.kv_dim;
+        self.storage[b][ko..ko + d].copy_from_slice(k);
+        self.storage[b][vo..vo + d].copy_from_slice(v);
+    }
+
+    #[inline]
+    pub(crate) fn key(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f32] {
+        let o = self.offset(layer, 0, pos % BLOCK_TOKENS);
+        &self.storage[seq.block_of(pos) as usize][o..o + self.kv_dim]
+    }
+
+    #[inline]
+    pub(crate) fn value(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f32] {
+        let o = self.offset(layer, 1, pos % BLOCK_TOKENS);
+        &self.storage[seq.block_of(pos) as usize][o..o + self.kv_dim]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(pool: &mut KvPool, seq: &mut SeqKv, tokens: &[u32]) {
+        pool.reserve(seq, tokens.len()).unwrap();
+        pool.commit(seq, tokens);
+    }
+
+    #[test]
+    fn prefix_blocks_are_shared_and_evicted_lru() {
+        let mut pool = KvPool::new(1, 4, 6);
+        let prompt: Vec<u32> = (0..40).collect();
+        let mut a = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut a, &prompt), 0);
+        fill(&mut pool, &mut a, &prompt);
+        assert_eq!(pool.stats().blocks_in_use, 3);
+        // Same prompt again while `a` is alive: the two full blocks are shared.
+        let mut b = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut b, &prompt), 32);
+        assert_eq!(b.blocks[..2], a.blocks[..2]);
+        // A prompt of exactly 32 tokens reuses only one block: the last token must be computed.
+        let mut c = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut c, &prompt[..32]), 16);
+        pool.release(&mut a);
+        pool.release(&mut b);
+        pool.release(&mut c);
+        assert_eq!(pool.stats().blocks_in_use, 0);
+        assert_eq!(pool.stats().blocks_cached, 2);
+        // A different prefix fills the pool and evicts the cached blocks.
+        let other: Vec<u32> = (100..196).collect();
+        let mut d = SeqKv::default();
+        fill(&mut pool, &mut d, &other);
+        let mut e = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut e, &prompt), 0, "evicted");
+        assert!(
+            pool.reserve(&mut e, 1).is_err(),
+            "pool is full while d holds every block"
+        );
+        pool.release(&mut d);
+        assert!(pool.reserve(&mut e, 1).is_ok());
+    }
+
+    #[test]
+    fn different_histories_do_not_alias() {
+        let mut pool = KvPool::new(1, 4, 16);
+        let mut a = SeqKv::default();
+        let pa: Vec<u32> = (0..33).collect();
+        fill(&mut pool, &mut a, &pa);
+        // Same second block tokens after a different first block: must not match.
+        let mut pb: Vec<u32> = (1000..1016).collect();
+        pb.extend(16..33);
+        let mut b = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut b, &pb), 0);
+    }
+}
