@@ -201,10 +201,7 @@ impl KvPool {
     pub fn reserve(&mut self, seq: &mut SeqKv, n: usize) -> Result<()> {
         let need = (seq.len() + n).div_ceil(BLOCK_TOKENS);
         while seq.blocks.len() < need {
-            let b = match self.take_block() {
-                Ok(b) => b,
-                Err(e) => return Err(e),
-            };
+            let b = self.take_block()?;
             seq.blocks.push(b);
         }
         Ok(())
