@@ -8,6 +8,6 @@ pub mod sampler;
 pub mod scheduler;
 
 pub use generate::{generate, score, FinishReason, GenerateOutput, GenerateRequest, Session};
-pub use metrics::Metrics;
+pub use metrics::{render_all, Metrics};
 pub use sampler::{Sampler, SamplingParams};
 pub use scheduler::{Engine, EngineConfig, Event, Request, SubmitError, TokenLogprob, Usage};

@@ -32,8 +32,7 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn render(&self, name: &str, help: &str, labels: &str, out: &mut String) {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+    fn render(&self, name: &str, labels: &str, out: &mut String) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             out.push_str(&format!(
@@ -99,122 +98,142 @@ impl Metrics {
         }
     }
 
-    /// Appends this model's metrics in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let labels = format!(
+    fn labels(&self) -> String {
+        format!(
             "model=\"{}\"",
-            self.model.replace('\\', "\\\\").replace('"', "\\\"")
-        );
-        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let mut line = |name: &str, kind: &str, help: &str, v: f64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {v}\n"
-            ));
-        };
-        line(
+            self.model
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        )
+    }
+}
+
+/// Renders the metrics of every served model in Prometheus text format, each family once.
+pub fn render_all(ms: &[&Metrics]) -> String {
+    let mut out = String::new();
+    type Get = fn(&Metrics) -> f64;
+    let families: Vec<(&str, &str, &str, Get)> = vec![
+        (
             "mideum_requests_total",
             "counter",
             "Requests accepted.",
-            g(&self.requests_total) as f64,
-        );
-        line(
+            |m| m.requests_total.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_requests_rejected_total",
             "counter",
             "Requests refused because the queue was full.",
-            g(&self.requests_rejected_total) as f64,
-        );
-        line(
+            |m| m.requests_rejected_total.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_requests_cancelled_total",
             "counter",
             "Requests whose client went away before the end.",
-            g(&self.requests_cancelled_total) as f64,
-        );
-        line(
+            |m| m.requests_cancelled_total.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_prompt_tokens_total",
             "counter",
-            "Prompt tokens processed.",
-            g(&self.prompt_tokens_total) as f64,
-        );
-        line(
+            "Prompt tokens computed (cached prefix tokens excluded).",
+            |m| m.prompt_tokens_total.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_generation_tokens_total",
             "counter",
             "Tokens generated.",
-            g(&self.generation_tokens_total) as f64,
-        );
-        line(
+            |m| m.generation_tokens_total.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_queue_depth",
             "gauge",
             "Requests waiting to start.",
-            g(&self.queue_depth) as f64,
-        );
-        line(
+            |m| m.queue_depth.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_running_sequences",
             "gauge",
             "Sequences being generated.",
-            g(&self.running) as f64,
-        );
-        line(
+            |m| m.running.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_batch_size",
             "gauge",
             "Sequences in the last forward pass.",
-            g(&self.last_batch_size) as f64,
-        );
-        line(
+            |m| m.last_batch_size.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_kv_cache_blocks_total",
             "gauge",
             "KV cache blocks in the budget.",
-            g(&self.kv_blocks_total) as f64,
-        );
-        line(
+            |m| m.kv_blocks_total.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_kv_cache_blocks_used",
             "gauge",
             "KV cache blocks held by running sequences.",
-            g(&self.kv_blocks_used) as f64,
-        );
-        line(
+            |m| m.kv_blocks_used.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_kv_cache_blocks_cached",
             "gauge",
             "Unreferenced KV blocks kept for prefix reuse.",
-            g(&self.kv_blocks_cached) as f64,
-        );
-        let total = g(&self.kv_blocks_total).max(1) as f64;
-        line(
+            |m| m.kv_blocks_cached.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "mideum_kv_cache_usage_ratio",
             "gauge",
             "Fraction of KV blocks held by running sequences.",
-            g(&self.kv_blocks_used) as f64 / total,
-        );
-        let lookups = g(&self.prefix_lookup_tokens);
-        let ratio = if lookups == 0 {
-            0.0
-        } else {
-            g(&self.prefix_hit_tokens) as f64 / lookups as f64
-        };
-        line(
+            |m| {
+                m.kv_blocks_used.load(Ordering::Relaxed) as f64
+                    / m.kv_blocks_total.load(Ordering::Relaxed).max(1) as f64
+            },
+        ),
+        (
             "mideum_prefix_cache_hit_ratio",
             "gauge",
             "Prompt tokens served from the prefix cache over prompt tokens looked up.",
-            ratio,
-        );
-        line(
+            |m| {
+                let l = m.prefix_lookup_tokens.load(Ordering::Relaxed);
+                if l == 0 {
+                    0.0
+                } else {
+                    m.prefix_hit_tokens.load(Ordering::Relaxed) as f64 / l as f64
+                }
+            },
+        ),
+        (
             "mideum_prefix_cache_hit_tokens_total",
             "counter",
             "Prompt tokens served from the prefix cache.",
-            g(&self.prefix_hit_tokens) as f64,
-        );
-        self.ttft.render(
+            |m| m.prefix_hit_tokens.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for m in ms {
+            out.push_str(&format!("{name}{{{}}} {}\n", m.labels(), get(m)));
+        }
+    }
+    for (name, help, pick) in [
+        (
             "mideum_time_to_first_token_seconds",
             "Time from arrival to the first generated token.",
-            &labels,
-            out,
-        );
-        self.inter_token.render(
+            0,
+        ),
+        (
             "mideum_inter_token_latency_seconds",
             "Time between consecutive generated tokens.",
-            &labels,
-            out,
-        );
+            1,
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        for m in ms {
+            let h = if pick == 0 { &m.ttft } else { &m.inter_token };
+            h.render(name, &m.labels(), &mut out);
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -224,11 +243,13 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::new("midm-mini");
+        let n = Metrics::new("other");
         m.requests_total.fetch_add(3, Ordering::Relaxed);
         m.ttft.observe(0.2);
         m.ttft.observe(3.0);
-        let mut s = String::new();
-        m.render(&mut s);
+        let s = render_all(&[&m, &n]);
+        assert_eq!(s.matches("# TYPE mideum_requests_total counter").count(), 1);
+        assert!(s.contains("mideum_requests_total{model=\"other\"} 0\n"));
         assert!(s.contains("mideum_requests_total{model=\"midm-mini\"} 3\n"));
         assert!(s.contains(
             "mideum_time_to_first_token_seconds_bucket{model=\"midm-mini\",le=\"0.25\"} 1\n"
