@@ -9,7 +9,7 @@ pub enum HubError {
     #[error("invalid model reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
 
-    #[error("{path}: no such file or directory (and not a model reference of the form ORG/NAME[@REVISION] or an alias such as midm-mini)")]
+    #[error("{path}: No such file or directory (and not a model reference ORG/NAME[@REVISION] or an alias such as midm-mini)")]
     NoSuchPath { path: PathBuf },
 
     #[error("{repo}{} is not in the local store {store} and offline mode is on (--offline or HF_HUB_OFFLINE); pull it where the hub or a mirror is reachable with `mideum pull {repo}{}` (HF_ENDPOINT selects a mirror), or bring it in with `mideum import`", rev_suffix(.revision), rev_suffix(.revision))]

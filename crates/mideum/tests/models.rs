@@ -216,7 +216,7 @@ fn pull_list_show_generate_rm() {
     fails(run(&["pull", "midm-mini", "--endpoint", "ftp://x"]), "http");
     fails(
         run(&["run", "./no/such/dir", "-p", "x"]),
-        "no such file or directory",
+        "No such file or directory",
     );
 
     ok(run(&["rm", "midm-mini"]));
