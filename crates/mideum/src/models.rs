@@ -307,8 +307,7 @@ pub fn run_show(a: &ShowArgs) -> Result<()> {
     info.insert("path".into(), json!(path.display().to_string()));
     let (format, quant) = format_of(&path);
     info.insert("format".into(), json!(format));
-    let card_dir;
-    if format == "gguf" {
+    let card_dir = if format == "gguf" {
         let g = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let arch = g.architecture().unwrap_or("unknown").to_string();
         let params: u64 = g
@@ -336,7 +335,7 @@ pub fn run_show(a: &ShowArgs) -> Result<()> {
             "license".into(),
             json!(g.get("general.license").and_then(|v| v.as_str())),
         );
-        card_dir = path.parent().map(Path::to_path_buf);
+        path.parent().map(Path::to_path_buf)
     } else {
         let cfg_path = path.join("config.json");
         let text = std::fs::read_to_string(&cfg_path)
@@ -364,8 +363,8 @@ pub fn run_show(a: &ShowArgs) -> Result<()> {
             json!(tmpl.map(|t| t.chars().count())),
         );
         info.insert("license".into(), Value::Null);
-        card_dir = Some(path.clone());
-    }
+        Some(path.clone())
+    };
     if let Some(l) = card_dir.and_then(|d| card_license(&d.join("README.md"))) {
         info.insert("license".into(), json!(l));
     }
