@@ -167,7 +167,19 @@ impl HubClient {
                 reason: "the endpoint must start with http:// or https://".into(),
             });
         }
+        // Proxies come from ALL_PROXY/HTTPS_PROXY/HTTP_PROXY with NO_PROXY (ureq reads them);
+        // a hub on this machine's loopback is never reached through one.
+        let host = origin(&endpoint).split("://").nth(1).unwrap_or("");
+        let loopback = ["127.", "localhost", "[::1]"]
+            .iter()
+            .any(|p| host.starts_with(p));
+        let proxy = if loopback {
+            None
+        } else {
+            ureq::Proxy::try_from_env()
+        };
         let config = ureq::Agent::config_builder()
+            .proxy(proxy)
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)

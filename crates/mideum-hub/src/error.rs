@@ -159,3 +159,34 @@ impl HubError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_says_so() {
+        for e in [
+            std::io::Error::from_raw_os_error(28),
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        ] {
+            let h = HubError::io(Path::new("/store/blobs/x.incomplete"), e);
+            assert!(matches!(h, HubError::DiskFull { .. }), "{h}");
+            assert!(
+                h.to_string()
+                    .starts_with("disk full while writing /store/blobs/x.incomplete"),
+                "{h}"
+            );
+        }
+        let h = HubError::DiskFull {
+            path: "/store".into(),
+            needed: Some(3 << 30),
+        };
+        assert!(h.to_string().contains("(3.0 GiB still to download)"), "{h}");
+        let other = HubError::io(
+            Path::new("/x"),
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert!(matches!(other, HubError::Io { .. }));
+    }
+}

@@ -422,3 +422,53 @@ fn export_then_import_on_an_air_gapped_machine() {
         &env,
     ));
 }
+
+#[test]
+fn proxies_from_the_environment_are_used_and_tokens_stay_out_of_logs() {
+    let mut r = MockRepo::new("test-org/private", 0x82).dir(&models().join("tiny-f16-linear"));
+    r.token = Some("hf_sekrit_token_123".into());
+    let hub = MockHub::start(vec![r.clone()]);
+    let tmp = tempfile::tempdir().unwrap();
+    // The endpoint's host does not exist: only the proxy (our mock) can answer.
+    let o = ok(mideum(
+        tmp.path(),
+        "http://hub.mideum-test.invalid",
+        &["pull", &r.id],
+        &[
+            ("HTTP_PROXY", hub.url.as_str()),
+            ("NO_PROXY", "localhost"),
+            ("HF_TOKEN", "hf_sekrit_token_123"),
+            ("MIDEUM_LOG", "trace"),
+        ],
+    ));
+    assert!(PathBuf::from(o.stdout.trim()).join("config.json").exists());
+    let reqs = hub.requests();
+    assert!(!reqs.is_empty());
+    assert!(
+        reqs.iter().all(|q| q
+            .proxied_to
+            .as_deref()
+            .is_some_and(|h| h.starts_with("hub.mideum-test.invalid"))),
+        "{reqs:?}"
+    );
+    assert!(reqs
+        .iter()
+        .any(|q| q.auth.as_deref() == Some("Bearer hf_sekrit_token_123")));
+    assert!(
+        !o.stderr.contains("hf_sekrit"),
+        "the token leaked into the logs: {}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("GET"),
+        "trace logs expected: {}",
+        o.stderr
+    );
+
+    // Without the token: 401 with a hint, and no token in the message.
+    let tmp2 = tempfile::tempdir().unwrap();
+    fails(
+        mideum(tmp2.path(), &hub.url, &["pull", &r.id], &[]),
+        "HF_TOKEN",
+    );
+}

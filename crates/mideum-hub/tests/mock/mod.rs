@@ -82,6 +82,8 @@ impl MockRepo {
 #[derive(Clone, Debug)]
 pub struct Request {
     pub path: String,
+    /// Sent in absolute form (`GET http://host/path`), as to a proxy.
+    pub proxied_to: Option<String>,
     pub range: Option<String>,
     pub auth: Option<String>,
 }
@@ -217,10 +219,9 @@ fn err(w: &mut TcpStream, status: u16, code: &str, msg: &str) -> std::io::Result
     )
 }
 
-fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut w = conn.try_clone()?;
-    let mut r = BufReader::new(conn);
+fn read_head(
+    r: &mut BufReader<TcpStream>,
+) -> std::io::Result<(String, String, HashMap<String, String>)> {
     let mut line = String::new();
     r.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
@@ -240,9 +241,31 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
+    Ok((method, target, headers))
+}
+
+fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    let (mut method, mut target, mut headers) = read_head(&mut r)?;
+    // Acting as an HTTP proxy: a CONNECT tunnel, or an absolute URL in the request line.
+    let mut proxied_to = None;
+    if method == "CONNECT" {
+        proxied_to = Some(target.clone());
+        w.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+        w.flush()?;
+        (method, target, headers) = read_head(&mut r)?;
+    }
+    if let Some(rest) = target.strip_prefix("http://") {
+        let i = rest.find('/').unwrap_or(rest.len());
+        proxied_to = Some(rest[..i].to_string());
+        target = rest[i..].to_string();
+    }
     let path = target.split('?').next().unwrap_or("").to_string();
     st.requests.lock().unwrap().push(Request {
         path: path.clone(),
+        proxied_to,
         range: headers.get("range").cloned(),
         auth: headers.get("authorization").cloned(),
     });
