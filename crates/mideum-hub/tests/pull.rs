@@ -597,3 +597,32 @@ fn remove_deletes_a_model_and_keeps_others() {
     assert!(store.remove(&repo(&a.id), None).is_err());
     load(&left[0].snapshot);
 }
+
+#[test]
+fn removing_one_revision_keeps_the_blobs_another_still_uses() {
+    let dir = models().join("tiny-f16-linear");
+    let old = MockRepo::new("test-org/evolving", 0x71).dir(&dir);
+    let mut new = MockRepo::new("test-org/evolving", 0x72).dir(&dir);
+    new.files.retain(|f| f.name != "generation_config.json");
+    new = new.file("generation_config.json", b"{\"do_sample\": false}".to_vec());
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::at(tmp.path());
+    for r in [&old, &new] {
+        let hub = MockHub::start(vec![r.clone()]);
+        pull(&store, &client(&hub), &repo(&r.id), &fast(), &NoProgress).unwrap();
+    }
+    let snaps = store.snapshots(&repo(&old.id)).unwrap();
+    assert_eq!(snaps.len(), 2);
+    // refs/main moved to the newer commit.
+    assert_eq!(
+        store.read_ref(&repo(&old.id), "main").as_deref(),
+        Some(new.commit.as_str())
+    );
+    let freed = store.remove(&repo(&old.id), Some(&old.commit)).unwrap();
+    assert_eq!(freed, old.data("generation_config.json").len() as u64);
+    let left = store.snapshots(&repo(&old.id)).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].commit, new.commit);
+    assert_eq!(left[0].refs, ["main"]);
+    load(&left[0].snapshot);
+}
