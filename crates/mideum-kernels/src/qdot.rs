@@ -77,15 +77,37 @@ impl QKernel {
             // feature the functions are compiled for; the shapes were checked above, which is
             // what the functions' raw-pointer reads rely on.
             #[cfg(target_arch = "x86_64")]
-            QKernel::Avx512Vnni => unsafe {
-                match qt {
-                    QuantType::Q8_0 => x86::dot_q8_0(w, a),
-                    QuantType::Q4_0 => x86::dot_q4_0(w, a),
-                    QuantType::Q4K => x86::dot_q4k(w, a),
-                    QuantType::Q5K => x86::dot_q5k(w, a),
-                    QuantType::Q6K => x86::dot_q6k(w, a),
-                }
-            },
+            QKernel::Avx512Vnni => unsafe { x86::dot_rows::<1>(qt, w, &[a])[0] },
+        }
+    }
+
+    /// `w · a[r]` for `R` activation rows at once: each weight block is loaded and unpacked
+    /// once for all of them (the prefill / batched-decode micro-kernel).
+    #[inline]
+    pub fn dot_rows<const R: usize>(self, qt: QuantType, w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+        let Some(first) = a.first() else {
+            return [0f32; R];
+        };
+        let k = first.qs.len();
+        assert!(
+            k.is_multiple_of(qt.block_elems()) && w.len() >= qt.row_bytes(k),
+            "quantized row shape"
+        );
+        let ns = match qt.act_kind() {
+            crate::quant::ActKind::B32 => k / 32,
+            crate::quant::ActKind::K256 => k / 16,
+        };
+        for r in a {
+            assert!(
+                r.qs.len() == k && r.d.len() * qt.block_elems() >= k && r.sums.len() >= ns,
+                "activation row shape"
+            );
+        }
+        match self {
+            QKernel::Scalar => a.map(|r| scalar_dot(qt, w, r)),
+            // SAFETY: as in `dot`; every row's shape was checked above.
+            #[cfg(target_arch = "x86_64")]
+            QKernel::Avx512Vnni => unsafe { x86::dot_rows::<R>(qt, w, a) },
         }
     }
 }
@@ -188,13 +210,21 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// # Safety
+    /// See [`dot_q8_0`].
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum256_epi32(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_rows<const R: usize>(qt: QuantType, w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+        // SAFETY: the caller's contract is the callee's.
+        unsafe {
+            match qt {
+                QuantType::Q8_0 => dot_q8_0::<R>(w, a),
+                QuantType::Q4_0 => dot_q4_0::<R>(w, a),
+                QuantType::Q4K => dot_k_asym::<false, R>(w, a),
+                QuantType::Q5K => dot_k_asym::<true, R>(w, a),
+                QuantType::Q6K => dot_q6k::<R>(w, a),
+            }
+        }
     }
 
     /// f16 at `p` (unaligned) to f32.
@@ -207,50 +237,51 @@ mod x86 {
     }
 
     /// # Safety
-    /// CPU has AVX-512 VNNI/VL/BW, AVX2, FMA, F16C; `w` holds `a.qs.len() / 32` blocks and
-    /// `a` has a scale and a sum per block (checked by `QKernel::dot`).
+    /// CPU has AVX-512 VNNI/VL/BW, AVX2, FMA, F16C; `w` holds `a[r].qs.len() / 32` blocks and
+    /// every `a[r]` has that many values, a scale and a sum per block (checked by the callers).
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(w: &[u8], a: ActRow<'_>) -> f32 {
-        let nb = a.qs.len() / 32;
+    pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+        let nb = a[0].qs.len() / 32;
         let flip = _mm256_set1_epi8(-128);
         let zero = _mm256_setzero_si256();
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); R];
         let wp = w.as_ptr();
-        let ap = a.qs.as_ptr();
-        let mut b = 0;
-        while b < nb {
+        for b in 0..nb {
             // SAFETY (whole loop body): block b < nb lies inside `w` (34 bytes each) and `a`.
             unsafe {
                 let blk = wp.add(b * 34);
                 let wq = _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), flip);
-                let av = _mm256_loadu_si256(ap.add(b * 32) as *const __m256i);
-                let p = _mm256_dpbusd_epi32(zero, wq, av);
-                let corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(128 * *a.sums.get_unchecked(b)));
-                let p = _mm256_sub_epi32(p, corr);
-                let s = ld_f16(blk) * *a.d.get_unchecked(b);
-                if b & 1 == 0 {
-                    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc0);
-                } else {
-                    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc1);
+                let dw = ld_f16(blk);
+                for r in 0..R {
+                    let av = _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
+                    let p = _mm256_dpbusd_epi32(zero, wq, av);
+                    let corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(
+                        128 * *a[r].sums.get_unchecked(b),
+                    ));
+                    let p = _mm256_sub_epi32(p, corr);
+                    let s = dw * *a[r].d.get_unchecked(b);
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
                 }
             }
-            b += 1;
         }
-        hsum256(_mm256_add_ps(acc0, acc1))
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum256(acc[r]);
+        }
+        out
     }
 
     /// # Safety
     /// As [`dot_q8_0`], with 18-byte blocks.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot_q4_0(w: &[u8], a: ActRow<'_>) -> f32 {
-        let nb = a.qs.len() / 32;
+    pub unsafe fn dot_q4_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+        let nb = a[0].qs.len() / 32;
         let m4 = _mm_set1_epi8(0xF);
         let zero = _mm256_setzero_si256();
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); R];
         let wp = w.as_ptr();
-        let ap = a.qs.as_ptr();
         for b in 0..nb {
             // SAFETY (whole loop body): block b < nb lies inside `w` (18 bytes each) and `a`.
             unsafe {
@@ -259,33 +290,43 @@ mod x86 {
                 let lo = _mm_and_si128(q, m4);
                 let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
                 let wq = _mm256_set_m128i(hi, lo);
-                let av = _mm256_loadu_si256(ap.add(b * 32) as *const __m256i);
-                let p = _mm256_dpbusd_epi32(zero, wq, av);
-                let corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(8 * *a.sums.get_unchecked(b)));
-                let p = _mm256_sub_epi32(p, corr);
-                let s = ld_f16(blk) * *a.d.get_unchecked(b);
-                if b & 1 == 0 {
-                    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc0);
-                } else {
-                    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc1);
+                let dw = ld_f16(blk);
+                for r in 0..R {
+                    let av = _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
+                    let p = _mm256_dpbusd_epi32(zero, wq, av);
+                    let corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(
+                        8 * *a[r].sums.get_unchecked(b),
+                    ));
+                    let p = _mm256_sub_epi32(p, corr);
+                    let s = dw * *a[r].d.get_unchecked(b);
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
                 }
             }
         }
-        hsum256(_mm256_add_ps(acc0, acc1))
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum256(acc[r]);
+        }
+        out
     }
 
     /// Q4_K and Q5_K share everything but the fifth bit.
+    ///
+    /// # Safety
+    /// As [`dot_q8_0`], with 144/176-byte blocks and K256 activations.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn dot_k_asym<const FIVE: bool>(w: &[u8], a: ActRow<'_>) -> f32 {
-        let nb = a.qs.len() / QK_K;
+    pub unsafe fn dot_k_asym<const FIVE: bool, const R: usize>(
+        w: &[u8],
+        a: &[ActRow<'_>; R],
+    ) -> [f32; R] {
+        let nb = a[0].qs.len() / QK_K;
         let bb = if FIVE { 176 } else { 144 };
         let m4 = _mm256_set1_epi8(0xF);
         let zero = _mm256_setzero_si256();
-        let mut acc = _mm256_setzero_ps();
-        let mut mins_total = 0f32;
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut mins_total = [0f32; R];
         let wp = w.as_ptr();
-        let ap = a.qs.as_ptr();
         for b in 0..nb {
             // SAFETY (whole loop body): block b < nb lies inside `w` and `a` (checked by the
             // caller); every offset below stays inside one block.
@@ -293,12 +334,11 @@ mod x86 {
                 let blk = wp.add(b * bb);
                 let scales = std::slice::from_raw_parts(blk.add(4), 12);
                 let mut sc = [0i32; 8];
-                let mut summ = 0i32;
-                let sums = a.sums.get_unchecked(b * 16..b * 16 + 16);
+                let mut mn = [0i32; 8];
                 for j in 0..8 {
                     let (s, m) = scale_min_k4(j, scales);
                     sc[j] = s as i32;
-                    summ += m as i32 * (sums[2 * j] + sums[2 * j + 1]);
+                    mn[j] = m as i32;
                 }
                 let qs = blk.add(if FIVE { 48 } else { 16 });
                 let qh = if FIVE {
@@ -306,8 +346,7 @@ mod x86 {
                 } else {
                     zero
                 };
-                let aq = ap.add(b * QK_K);
-                let mut sumi = zero;
+                let mut sumi = [zero; R];
                 for c in 0..4 {
                     let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
                     let mut lo = _mm256_and_si256(q, m4);
@@ -318,89 +357,79 @@ mod x86 {
                         let sixteen = _mm256_set1_epi8(16);
                         lo = _mm256_or_si256(
                             lo,
-                            _mm256_and_si256(
-                                _mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0),
-                                sixteen,
-                            ),
+                            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen),
                         );
                         hi = _mm256_or_si256(
                             hi,
-                            _mm256_and_si256(
-                                _mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1),
-                                sixteen,
-                            ),
+                            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen),
                         );
                     }
-                    let a0 = _mm256_loadu_si256(aq.add(64 * c) as *const __m256i);
-                    let a1 = _mm256_loadu_si256(aq.add(64 * c + 32) as *const __m256i);
-                    let p0 = _mm256_dpbusd_epi32(zero, lo, a0);
-                    let p1 = _mm256_dpbusd_epi32(zero, hi, a1);
-                    sumi = _mm256_add_epi32(
-                        sumi,
-                        _mm256_mullo_epi32(p0, _mm256_set1_epi32(sc[2 * c])),
-                    );
-                    sumi = _mm256_add_epi32(
-                        sumi,
-                        _mm256_mullo_epi32(p1, _mm256_set1_epi32(sc[2 * c + 1])),
-                    );
+                    let s0 = _mm256_set1_epi32(sc[2 * c]);
+                    let s1 = _mm256_set1_epi32(sc[2 * c + 1]);
+                    for r in 0..R {
+                        let aq = a[r].qs.as_ptr().add(b * QK_K);
+                        let a0 = _mm256_loadu_si256(aq.add(64 * c) as *const __m256i);
+                        let a1 = _mm256_loadu_si256(aq.add(64 * c + 32) as *const __m256i);
+                        let p0 = _mm256_dpbusd_epi32(zero, lo, a0);
+                        let p1 = _mm256_dpbusd_epi32(zero, hi, a1);
+                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p0, s0));
+                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p1, s1));
+                    }
                 }
-                let da = *a.d.get_unchecked(b);
-                let d = ld_f16(blk) * da;
-                let dmin = ld_f16(blk.add(2)) * da;
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(d), acc);
-                mins_total += dmin * summ as f32;
+                let dw = ld_f16(blk);
+                let dmw = ld_f16(blk.add(2));
+                for r in 0..R {
+                    let sums = a[r].sums.get_unchecked(b * 16..b * 16 + 16);
+                    let mut summ = 0i32;
+                    for j in 0..8 {
+                        summ += mn[j] * (sums[2 * j] + sums[2 * j + 1]);
+                    }
+                    let da = *a[r].d.get_unchecked(b);
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), _mm256_set1_ps(dw * da), acc[r]);
+                    mins_total[r] += dmw * da * summ as f32;
+                }
             }
         }
-        hsum256(acc) - mins_total
-    }
-
-    /// # Safety
-    /// As [`dot_q8_0`], with 144-byte Q4_K blocks and K256 activations.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot_q4k(w: &[u8], a: ActRow<'_>) -> f32 {
-        // SAFETY: same contract.
-        unsafe { dot_k_asym::<false>(w, a) }
-    }
-
-    /// # Safety
-    /// As [`dot_q8_0`], with 176-byte Q5_K blocks and K256 activations.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot_q5k(w: &[u8], a: ActRow<'_>) -> f32 {
-        // SAFETY: same contract.
-        unsafe { dot_k_asym::<true>(w, a) }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum256(acc[r]) - mins_total[r];
+        }
+        out
     }
 
     /// # Safety
     /// As [`dot_q8_0`], with 210-byte Q6_K blocks and K256 activations.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot_q6k(w: &[u8], a: ActRow<'_>) -> f32 {
-        let nb = a.qs.len() / QK_K;
+    #[inline]
+    pub unsafe fn dot_q6k<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+        let nb = a[0].qs.len() / QK_K;
         let m4 = _mm256_set1_epi8(0xF);
         let m3 = _mm256_set1_epi8(3);
         let zero = _mm256_setzero_si256();
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); R];
         let wp = w.as_ptr();
-        let ap = a.qs.as_ptr();
         for b in 0..nb {
             // SAFETY (whole loop body): block b < nb lies inside `w` (210 bytes each) and `a`.
             unsafe {
                 let blk = wp.add(b * 210);
-                let aq = ap.add(b * QK_K);
                 let sc16 = _mm_loadu_si128(blk.add(192) as *const __m128i);
                 let sc_lo = _mm256_cvtepi8_epi32(sc16);
                 let sc_hi = _mm256_cvtepi8_epi32(_mm_srli_si128(sc16, 8));
-                let sums = a.sums.as_ptr().add(b * 16);
-                let s_lo = _mm256_loadu_si256(sums as *const __m256i);
-                let s_hi = _mm256_loadu_si256(sums.add(8) as *const __m256i);
-                // Σ_g sc_g · 32 · Σa_g, removed from the unsigned-weight dot below.
-                let offs = _mm256_slli_epi32(
-                    _mm256_add_epi32(
-                        _mm256_mullo_epi32(sc_lo, s_lo),
-                        _mm256_mullo_epi32(sc_hi, s_hi),
-                    ),
-                    5,
-                );
-                let mut sumi = _mm256_sub_epi32(zero, offs);
+                let mut sumi = [zero; R];
+                for r in 0..R {
+                    let sums = a[r].sums.as_ptr().add(b * 16);
+                    let s_lo = _mm256_loadu_si256(sums as *const __m256i);
+                    let s_hi = _mm256_loadu_si256(sums.add(8) as *const __m256i);
+                    // Σ_g sc_g · 32 · Σa_g, removed from the unsigned-weight dot below.
+                    let offs = _mm256_slli_epi32(
+                        _mm256_add_epi32(
+                            _mm256_mullo_epi32(sc_lo, s_lo),
+                            _mm256_mullo_epi32(sc_hi, s_hi),
+                        ),
+                        5,
+                    );
+                    sumi[r] = _mm256_sub_epi32(zero, offs);
+                }
                 for half in 0..2 {
                     let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
                     let ql1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
@@ -425,8 +454,6 @@ mod x86 {
                         ),
                     ];
                     for (c, nv) in n.iter().enumerate() {
-                        let av = _mm256_loadu_si256(aq.add(128 * half + 32 * c) as *const __m256i);
-                        let p = _mm256_dpbusd_epi32(zero, *nv, av);
                         // Lanes 0..4 cover group 2c, lanes 4..8 group 2c+1.
                         let idx = _mm256_setr_epi32(
                             2 * c as i32,
@@ -439,15 +466,26 @@ mod x86 {
                             2 * c as i32 + 1,
                         );
                         let s = _mm256_permutevar8x32_epi32(scv, idx);
-                        sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, s));
+                        for r in 0..R {
+                            let aq = a[r].qs.as_ptr().add(b * QK_K);
+                            let av = _mm256_loadu_si256(aq.add(128 * half + 32 * c) as *const __m256i);
+                            let p = _mm256_dpbusd_epi32(zero, *nv, av);
+                            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p, s));
+                        }
                     }
                 }
-                let d = ld_f16(blk.add(208)) * *a.d.get_unchecked(b);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(d), acc);
+                let dw = ld_f16(blk.add(208));
+                for r in 0..R {
+                    let d = dw * *a[r].d.get_unchecked(b);
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), _mm256_set1_ps(d), acc[r]);
+                }
             }
         }
-        let _ = hsum256_epi32;
-        hsum256(acc)
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum256(acc[r]);
+        }
+        out
     }
 }
 
@@ -532,6 +570,18 @@ mod tests {
             for kern in QKernel::available() {
                 let got = kern.dot(qt, &w, row);
                 prop_assert!((got as f64 - reference as f64).abs() <= 1e-5 * mag + 1e-6, "{:?} {:?}: {} vs {}", qt, kern, got, reference);
+            }
+            // The multi-row micro-kernel over 4 different rows.
+            let x4 = rnd(seed.wrapping_add(11), 4 * k);
+            let mut act4 = ActQ8::default();
+            act4.quantize(&x4, 4, k, qt.act_kind());
+            let rows4 = [0, 1, 2, 3].map(|r| act4.row(r, qt.act_kind()));
+            for kern in QKernel::available() {
+                let got = kern.dot_rows::<4>(qt, &w, &rows4);
+                for r in 0..4 {
+                    let want = scalar_dot(qt, &w, rows4[r]);
+                    prop_assert!((got[r] - want).abs() <= 1e-4 * (1.0 + want.abs()) + 1e-5 * mag as f32, "{:?} {:?} row {}: {} vs {}", qt, kern, r, got[r], want);
+                }
             }
         }
 

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod gguf_write;
 pub mod llama;
 pub mod loader;
 pub mod safetensors;
@@ -15,6 +16,7 @@ pub mod tokenizer;
 pub use config::{GenerationDefaults, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use llama::{KvCache, Llama, Logits};
+pub use mideum_kernels::QuantType;
 pub use loader::{CheckpointFormat, LoadOptions, LoadedModel, TextAssets};
 pub use template::{ChatTemplate, DateTime};
 pub use tokenizer::{StreamDecoder, Tokenizer};

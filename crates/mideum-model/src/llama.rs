@@ -219,7 +219,7 @@ impl Llama {
 
     /// Bytes of weights (mapped or owned) the model reads.
     pub fn weight_bytes(&self) -> usize {
-        let sz = |t: &Tensor| t.numel() * t.dtype.size();
+        let sz = |t: &Tensor| t.nbytes();
         let mut s = sz(&self.embed);
         if !std::ptr::eq(&self.embed, &self.lm_head) {
             s += sz(&self.lm_head);

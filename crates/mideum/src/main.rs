@@ -2,7 +2,9 @@
 //! calls into `mideum-model`, `mideum-engine` or `mideum-guard`, and prints text (or JSON with
 //! `--json`). Errors go to stderr with a non-zero exit code.
 
+mod bench;
 mod chat;
+mod quantize;
 mod scan;
 
 use anyhow::{bail, Context, Result};
@@ -40,6 +42,10 @@ enum Command {
     Perplexity(PerplexityArgs),
     /// Find Korean personal data in a text and mask it.
     Scan(scan::ScanArgs),
+    /// Prompt and generation throughput (llama-bench style) and the memory-bandwidth bound.
+    Bench(bench::BenchArgs),
+    /// Convert a checkpoint into a quantized GGUF (Q8_0, Q4_0, Q4_K_M, …).
+    Quantize(quantize::QuantizeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -66,7 +72,14 @@ pub fn load_model(path: &Path, threads: usize, ctx_size: Option<usize>) -> Resul
         bail!("--ctx-size must be at least 1");
     }
     tracing::info!(path = %path.display(), "loading model");
-    LoadedModel::load(path, &LoadOptions { threads, ctx_size })
+    LoadedModel::load(
+        path,
+        &LoadOptions {
+            threads,
+            ctx_size,
+            ..Default::default()
+        },
+    )
         .with_context(|| format!("cannot load model {}", path.display()))
 }
 
@@ -399,6 +412,8 @@ fn main() {
         Command::Render(a) => cmd_render(a),
         Command::Perplexity(a) => cmd_perplexity(a),
         Command::Scan(a) => scan::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
