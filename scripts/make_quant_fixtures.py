@@ -69,7 +69,7 @@ def tiny256_f32(path: Path):
     def mat(n, k, std):
         return (rng.standard_normal((n, k)) * std).astype(np.float32)
 
-    w.add_tensor("token_embd.weight", mat(vocab, h, 1.0))
+    w.add_tensor("token_embd.weight", mat(vocab, h, 0.15))
     for i in range(nl):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", (1 + 0.1 * rng.standard_normal(h)).astype(np.float32))

@@ -17,6 +17,9 @@ fn rd_f16(b: &[u8], at: usize) -> f32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QKernel {
     Scalar,
+    /// AVX2 + FMA + F16C (Haswell, Zen 1 and later).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     /// AVX-512 F/BW/VL + VNNI (Zen 4, Ice Lake and later).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
@@ -40,6 +43,9 @@ impl QKernel {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                v.push(QKernel::Avx2);
+            }
             if has!("avx512f")
                 && has!("avx512bw")
                 && has!("avx512vl")
@@ -77,7 +83,10 @@ impl QKernel {
             // feature the functions are compiled for; the shapes were checked above, which is
             // what the functions' raw-pointer reads rely on.
             #[cfg(target_arch = "x86_64")]
-            QKernel::Avx512Vnni => unsafe { x86::dot_rows::<1>(qt, w, &[a])[0] },
+            QKernel::Avx512Vnni => unsafe { x86::vnni::dot_rows::<1>(qt, w, &[a])[0] },
+            // SAFETY: as above, for AVX2/FMA/F16C.
+            #[cfg(target_arch = "x86_64")]
+            QKernel::Avx2 => unsafe { x86::avx2::dot_rows::<1>(qt, w, &[a])[0] },
         }
     }
 
@@ -107,7 +116,10 @@ impl QKernel {
             QKernel::Scalar => a.map(|r| scalar_dot(qt, w, r)),
             // SAFETY: as in `dot`; every row's shape was checked above.
             #[cfg(target_arch = "x86_64")]
-            QKernel::Avx512Vnni => unsafe { x86::dot_rows::<R>(qt, w, a) },
+            QKernel::Avx512Vnni => unsafe { x86::vnni::dot_rows::<R>(qt, w, a) },
+            // SAFETY: as above, for AVX2/FMA/F16C.
+            #[cfg(target_arch = "x86_64")]
+            QKernel::Avx2 => unsafe { x86::avx2::dot_rows::<R>(qt, w, a) },
         }
     }
 }
@@ -210,10 +222,24 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// f16 at `p` (unaligned) to f32.
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    unsafe fn ld_f16(p: *const u8) -> f32 {
+        // SAFETY: the caller guarantees two readable bytes at `p`.
+        let bits = unsafe { (p as *const u16).read_unaligned() };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// The kernels, instantiated once per instruction set: each module supplies `dp(u, a)`
+    /// (per-lane sums of four u8×i8 products, u ≤ 63) and `q8_block(w, a, Σa)` (per-lane
+    /// partial sums of one signed Q8_0 block), compiled with the module's target features.
+    macro_rules! kernels {
+        ($feat:literal) => {
     /// # Safety
     /// See [`dot_q8_0`].
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[target_feature(enable = $feat)]
     pub unsafe fn dot_rows<const R: usize>(qt: QuantType, w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
         // SAFETY: the caller's contract is the callee's.
         unsafe {
@@ -227,39 +253,24 @@ mod x86 {
         }
     }
 
-    /// f16 at `p` (unaligned) to f32.
-    #[inline]
-    #[target_feature(enable = "f16c")]
-    unsafe fn ld_f16(p: *const u8) -> f32 {
-        // SAFETY: the caller guarantees two readable bytes at `p`.
-        let bits = unsafe { (p as *const u16).read_unaligned() };
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    }
-
     /// # Safety
     /// CPU has AVX-512 VNNI/VL/BW, AVX2, FMA, F16C; `w` holds `a[r].qs.len() / 32` blocks and
     /// every `a[r]` has that many values, a scale and a sum per block (checked by the callers).
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[target_feature(enable = $feat)]
     pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
         let nb = a[0].qs.len() / 32;
-        let flip = _mm256_set1_epi8(-128);
-        let zero = _mm256_setzero_si256();
         let mut acc = [_mm256_setzero_ps(); R];
         let wp = w.as_ptr();
         for b in 0..nb {
             // SAFETY (whole loop body): block b < nb lies inside `w` (34 bytes each) and `a`.
             unsafe {
                 let blk = wp.add(b * 34);
-                let wq = _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), flip);
+                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
                 let dw = ld_f16(blk);
                 for r in 0..R {
                     let av = _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
-                    let p = _mm256_dpbusd_epi32(zero, wq, av);
-                    let corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(
-                        128 * *a[r].sums.get_unchecked(b),
-                    ));
-                    let p = _mm256_sub_epi32(p, corr);
+                    let p = q8_block(wq, av, *a[r].sums.get_unchecked(b));
                     let s = dw * *a[r].d.get_unchecked(b);
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
                 }
@@ -275,11 +286,10 @@ mod x86 {
     /// # Safety
     /// As [`dot_q8_0`], with 18-byte blocks.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[target_feature(enable = $feat)]
     pub unsafe fn dot_q4_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
         let nb = a[0].qs.len() / 32;
         let m4 = _mm_set1_epi8(0xF);
-        let zero = _mm256_setzero_si256();
         let mut acc = [_mm256_setzero_ps(); R];
         let wp = w.as_ptr();
         for b in 0..nb {
@@ -293,7 +303,7 @@ mod x86 {
                 let dw = ld_f16(blk);
                 for r in 0..R {
                     let av = _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
-                    let p = _mm256_dpbusd_epi32(zero, wq, av);
+                    let p = dp(wq, av);
                     let corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(
                         8 * *a[r].sums.get_unchecked(b),
                     ));
@@ -315,7 +325,7 @@ mod x86 {
     /// # Safety
     /// As [`dot_q8_0`], with 144/176-byte blocks and K256 activations.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[target_feature(enable = $feat)]
     pub unsafe fn dot_k_asym<const FIVE: bool, const R: usize>(
         w: &[u8],
         a: &[ActRow<'_>; R],
@@ -370,8 +380,8 @@ mod x86 {
                         let aq = a[r].qs.as_ptr().add(b * QK_K);
                         let a0 = _mm256_loadu_si256(aq.add(64 * c) as *const __m256i);
                         let a1 = _mm256_loadu_si256(aq.add(64 * c + 32) as *const __m256i);
-                        let p0 = _mm256_dpbusd_epi32(zero, lo, a0);
-                        let p1 = _mm256_dpbusd_epi32(zero, hi, a1);
+                        let p0 = dp(lo, a0);
+                        let p1 = dp(hi, a1);
                         sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p0, s0));
                         sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p1, s1));
                     }
@@ -399,7 +409,7 @@ mod x86 {
 
     /// # Safety
     /// As [`dot_q8_0`], with 210-byte Q6_K blocks and K256 activations.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[target_feature(enable = $feat)]
     #[inline]
     pub unsafe fn dot_q6k<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
         let nb = a[0].qs.len() / QK_K;
@@ -469,7 +479,7 @@ mod x86 {
                         for r in 0..R {
                             let aq = a[r].qs.as_ptr().add(b * QK_K);
                             let av = _mm256_loadu_si256(aq.add(128 * half + 32 * c) as *const __m256i);
-                            let p = _mm256_dpbusd_epi32(zero, *nv, av);
+                            let p = dp(*nv, av);
                             sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p, s));
                         }
                     }
@@ -486,6 +496,50 @@ mod x86 {
             out[r] = hsum256(acc[r]);
         }
         out
+    }
+        };
+    }
+
+    /// AVX-512 VNNI (`vpdpbusd` on 256-bit vectors: Zen 4 runs them at full width).
+    pub mod vnni {
+        use super::*;
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        fn dp(u: __m256i, a: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, a)
+        }
+
+        /// Q8_0: weights made unsigned (`q + 128`), the offset removed with `128·Σa`.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        fn q8_block(w: __m256i, a: __m256i, asum: i32) -> __m256i {
+            let p = dp(_mm256_xor_si256(w, _mm256_set1_epi8(-128)), a);
+            _mm256_sub_epi32(p, _mm256_zextsi128_si256(_mm_cvtsi32_si128(128 * asum)))
+        }
+
+        kernels!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+    }
+
+    /// AVX2: `vpmaddubsw` + `vpmaddwd`. Exact here because the unsigned side never exceeds 63
+    /// (2·63·127 fits i16); Q8_0 uses the sign trick (|w| ≤ 128) instead of the offset.
+    pub mod avx2 {
+        use super::*;
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn dp(u: __m256i, a: __m256i) -> __m256i {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1))
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn q8_block(w: __m256i, a: __m256i, _asum: i32) -> __m256i {
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+            _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+        }
+
+        kernels!("avx2,fma,f16c");
     }
 }
 
