@@ -16,6 +16,7 @@ fn load(rel: &str) -> LoadedModel {
         &LoadOptions {
             threads: 2,
             ctx_size: Some(512),
+            ..Default::default()
         },
     )
     .unwrap()
@@ -197,6 +198,7 @@ fn prompt_over_the_context_window_is_an_error() {
         &LoadOptions {
             threads: 1,
             ctx_size: Some(8),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -22,6 +22,7 @@ fn load(rel: &str) -> Arc<LoadedModel> {
             &LoadOptions {
                 threads: 2,
                 ctx_size: Some(256),
+                ..Default::default()
             },
         )
         .unwrap(),

@@ -19,6 +19,7 @@ fn model(rel: &str) -> Arc<LoadedModel> {
             &LoadOptions {
                 threads: 1,
                 ctx_size: Some(512),
+                ..Default::default()
             },
         )
         .unwrap(),

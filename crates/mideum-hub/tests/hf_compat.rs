@@ -116,6 +116,7 @@ fn a_cache_written_by_huggingface_hub_is_used_without_downloading() {
         &mideum_model::LoadOptions {
             threads: 1,
             ctx_size: Some(32),
+            ..Default::default()
         },
     )
     .unwrap();

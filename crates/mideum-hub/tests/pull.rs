@@ -67,6 +67,7 @@ fn load(path: &Path) {
         &mideum_model::LoadOptions {
             threads: 1,
             ctx_size: Some(64),
+            ..Default::default()
         },
     )
     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -9,8 +9,12 @@ pub mod dot;
 pub mod matmul;
 pub mod ops;
 pub mod par;
+pub mod qdot;
+pub mod quant;
 
 pub use dot::{bf16_to_f32, f16_to_f32, DotKernel};
 pub use matmul::{matmul, WeightView};
 pub use ops::RopeLayout;
 pub use par::ThreadPool;
+pub use qdot::QKernel;
+pub use quant::{ActKind, ActQ8, QuantType};

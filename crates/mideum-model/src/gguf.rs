@@ -77,7 +77,7 @@ fn ggml_dtype(t: u32) -> Option<DType> {
         0 => Some(DType::F32),
         1 => Some(DType::F16),
         30 => Some(DType::BF16),
-        _ => None,
+        t => mideum_kernels::QuantType::from_ggml_type(t).map(DType::Quant),
     }
 }
 
@@ -305,7 +305,7 @@ impl GgufFile {
                 ModelError::tensor(
                     &t.name,
                     format!(
-                        "GGML type {} ({}) is not supported yet (F32, F16 and BF16 are)",
+                        "GGML type {} ({}) is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are)",
                         t.ggml_type,
                         ggml_type_name(t.ggml_type)
                     ),
@@ -316,9 +316,24 @@ impl GgufFile {
                 .iter()
                 .try_fold(1u64, |a, &d| a.checked_mul(d))
                 .ok_or_else(|| ModelError::tensor(&t.name, "shape overflows"))?;
-            let nbytes = numel
-                .checked_mul(dtype.size() as u64)
-                .ok_or_else(|| ModelError::tensor(&t.name, "size overflows"))?;
+            if let DType::Quant(q) = dtype {
+                if !t.dims[0].is_multiple_of(q.block_elems() as u64) {
+                    return Err(ModelError::tensor(
+                        &t.name,
+                        format!(
+                            "{} rows of {} elements are not whole blocks of {}",
+                            q.name(),
+                            t.dims[0],
+                            q.block_elems()
+                        ),
+                    ));
+                }
+            }
+            let nbytes = match dtype {
+                DType::Quant(q) => Some(numel / q.block_elems() as u64 * q.block_bytes() as u64),
+                d => numel.checked_mul(d.size() as u64),
+            }
+            .ok_or_else(|| ModelError::tensor(&t.name, "size overflows"))?;
             let start = (self.data_start as u64).checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(nbytes));
             let (start, end) = match (start, end) {

@@ -254,6 +254,42 @@ impl KvPool {
         seq.chain.clear();
     }
 
+    /// Forgets positions from `len` on. A block that keeps only part of its positions is
+    /// unregistered from the prefix cache (it will be written again) and copied first if another
+    /// sequence shares it.
+    pub fn truncate(&mut self, seq: &mut SeqKv, len: usize) -> Result<()> {
+        if len >= seq.len() {
+            return Ok(());
+        }
+        let keep = len.div_ceil(BLOCK_TOKENS);
+        let mut tail: Vec<BlockId> = seq.blocks.drain(keep..).collect();
+        let mut dropped = SeqKv {
+            blocks: std::mem::take(&mut tail),
+            ..Default::default()
+        };
+        self.release(&mut dropped);
+        if len % BLOCK_TOKENS != 0 {
+            let last = seq.blocks[keep - 1];
+            if self.refcount[last as usize] > 1 {
+                let fresh = self.take_block()?;
+                let data = self.storage[last as usize].clone();
+                self.storage[fresh as usize] = data;
+                self.refcount[last as usize] -= 1;
+                seq.blocks[keep - 1] = fresh;
+            } else if let Some(k) = self.key_of[last as usize].take() {
+                self.map.remove(&k);
+            }
+        }
+        seq.tokens.truncate(len);
+        seq.chain.truncate(len / BLOCK_TOKENS);
+        Ok(())
+    }
+
+    /// Bytes of block storage allocated so far.
+    pub fn allocated_bytes(&self) -> usize {
+        self.storage.len() * self.layers * 2 * BLOCK_TOKENS * self.kv_dim * 4
+    }
+
     /// Offset of (layer, k-or-v, position-in-block) inside a block.
     #[inline]
     fn offset(&self, layer: usize, is_v: usize, slot: usize) -> usize {
@@ -323,6 +359,25 @@ mod tests {
         );
         pool.release(&mut d);
         assert!(pool.reserve(&mut e, 1).is_ok());
+    }
+
+    #[test]
+    fn truncate_unregisters_and_copies_shared_partial_blocks() {
+        let mut pool = KvPool::new(1, 4, 16);
+        let p: Vec<u32> = (0..40).collect();
+        let mut a = SeqKv::default();
+        fill(&mut pool, &mut a, &p);
+        let mut b = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut b, &p), 32);
+        // `a` cuts into its second (shared) block: it must get its own copy.
+        pool.truncate(&mut a, 20).unwrap();
+        assert_eq!(a.len(), 20);
+        assert_ne!(a.blocks[1], b.blocks[1]);
+        assert_eq!(a.blocks[0], b.blocks[0]);
+        // `b` cuts into its second block, now only its own: it leaves the prefix cache.
+        pool.truncate(&mut b, 20).unwrap();
+        let mut c = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut c, &p), 16);
     }
 
     #[test]

@@ -62,6 +62,17 @@ impl KvCache {
     pub fn max_len(&self) -> usize {
         self.max_len
     }
+
+    /// Forgets positions from `len` on (e.g. to rerun from a fixed context).
+    pub fn truncate(&mut self, len: usize) {
+        // A private pool never shares blocks, so no copy is needed and this cannot fail.
+        let _ = self.pool.truncate(&mut self.seq, len);
+    }
+
+    /// Bytes of KV storage allocated.
+    pub fn bytes(&self) -> usize {
+        self.pool.allocated_bytes()
+    }
 }
 
 /// One sequence's share of a batched forward pass.
@@ -200,7 +211,7 @@ impl Llama {
 
     /// Bytes of weights (mapped or owned) the model reads.
     pub fn weight_bytes(&self) -> usize {
-        let sz = |t: &Tensor| t.numel() * t.dtype.size();
+        let sz = |t: &Tensor| t.nbytes();
         let mut s = sz(&self.embed);
         if !std::ptr::eq(&self.embed, &self.lm_head) {
             s += sz(&self.lm_head);

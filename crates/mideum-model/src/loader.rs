@@ -15,6 +15,9 @@ pub struct LoadOptions {
     pub threads: usize,
     /// Context window; `None` uses the model's `max_position_embeddings`.
     pub ctx_size: Option<usize>,
+    /// Quantize every weight matrix to this GGML block type while loading (`None` keeps the
+    /// stored types).
+    pub quant: Option<mideum_kernels::QuantType>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +79,10 @@ impl LoadedModel {
         };
         let tokenizer = Tokenizer::from_hf_dir(dir)?;
         let template_src = chat_template_from_hf(dir)?;
-        let tensors = crate::safetensors::load_dir(dir)?;
+        let mut tensors = crate::safetensors::load_dir(dir)?;
+        if let Some(q) = opts.quant {
+            crate::tensor::quantize_all(&mut tensors, q, threads(opts.threads))?;
+        }
         let model = Llama::new(
             config,
             tensors,
@@ -119,6 +125,9 @@ impl LoadedModel {
             }
         }
         let generation = GenerationDefaults::default();
+        if let Some(q) = opts.quant {
+            crate::tensor::quantize_all(&mut tensors, q, threads(opts.threads))?;
+        }
         let model = Llama::new(config, tensors, NameScheme::Gguf, threads(opts.threads))?;
         Self::finish(
             path,

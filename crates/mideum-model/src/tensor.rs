@@ -3,6 +3,7 @@
 
 use crate::error::{ModelError, Result};
 use memmap2::Mmap;
+use mideum_kernels::quant::{quantize_row, QuantType};
 use mideum_kernels::WeightView;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,13 +13,33 @@ pub enum DType {
     F32,
     F16,
     BF16,
+    /// GGML blocks (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), rows of whole blocks.
+    Quant(QuantType),
 }
 
 impl DType {
+    /// Bytes per element; for block-quantized types, bytes per block (see [`DType::nbytes`]).
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
+            DType::Quant(q) => q.block_bytes(),
+        }
+    }
+
+    /// Bytes of `numel` elements (`numel` a multiple of the block size for quantized types).
+    pub fn nbytes(self, numel: usize) -> usize {
+        match self {
+            DType::Quant(q) => numel / q.block_elems() * q.block_bytes(),
+            d => numel * d.size(),
+        }
+    }
+
+    /// Alignment the kernels need for mapped data (quantized blocks are read unaligned).
+    pub fn align(self) -> usize {
+        match self {
+            DType::Quant(_) => 1,
+            d => d.size(),
         }
     }
 
@@ -27,6 +48,7 @@ impl DType {
             DType::F32 => "F32",
             DType::F16 => "F16",
             DType::BF16 => "BF16",
+            DType::Quant(q) => q.name(),
         }
     }
 }
@@ -66,6 +88,7 @@ enum Storage {
     },
     OwnedF32(Arc<Vec<f32>>),
     OwnedU16(Arc<Vec<u16>>),
+    OwnedBytes(Arc<Vec<u8>>),
 }
 
 #[derive(Clone)]
@@ -102,7 +125,7 @@ impl Tensor {
         end: usize,
     ) -> Tensor {
         let bytes = &file.bytes()[start..end];
-        let aligned = (bytes.as_ptr() as usize).is_multiple_of(dtype.size());
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(dtype.align());
         let storage = if aligned {
             Storage::Mapped { file, start, end }
         } else {
@@ -119,6 +142,7 @@ impl Tensor {
                         .map(|c| u16::from_le_bytes([c[0], c[1]]))
                         .collect(),
                 )),
+                DType::Quant(_) => Storage::OwnedBytes(Arc::new(bytes.to_vec())),
             }
         };
         Tensor {
@@ -142,6 +166,81 @@ impl Tensor {
         self.shape.iter().product()
     }
 
+    /// Bytes of the stored data.
+    pub fn nbytes(&self) -> usize {
+        self.dtype.nbytes(self.numel())
+    }
+
+    /// The stored bytes exactly as a GGUF/safetensors file holds them (little-endian).
+    pub fn raw_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        use std::borrow::Cow;
+        match &self.storage {
+            Storage::Mapped { file, start, end } => Cow::Borrowed(&file.bytes()[*start..*end]),
+            Storage::OwnedBytes(v) => Cow::Borrowed(v),
+            Storage::OwnedF32(v) => Cow::Owned(v.iter().flat_map(|f| f.to_le_bytes()).collect()),
+            Storage::OwnedU16(v) => Cow::Owned(v.iter().flat_map(|f| f.to_le_bytes()).collect()),
+        }
+    }
+
+    /// A quantized tensor from raw GGML blocks (`data.len()` must match the shape).
+    pub fn owned_quant(
+        name: &str,
+        qt: QuantType,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    ) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let inner = shape.last().copied().unwrap_or(0);
+        if !qt.fits(inner) || DType::Quant(qt).nbytes(numel) != data.len() {
+            return Err(ModelError::tensor(
+                name,
+                format!(
+                    "{} data of {} bytes does not fit shape {shape:?}",
+                    qt.name(),
+                    data.len()
+                ),
+            ));
+        }
+        Ok(Tensor {
+            name: name.to_string(),
+            dtype: DType::Quant(qt),
+            shape,
+            storage: Storage::OwnedBytes(Arc::new(data)),
+        })
+    }
+
+    /// This tensor's rows quantized to `qt` (a 2-D tensor whose rows are whole blocks).
+    pub fn quantize(&self, qt: QuantType) -> Result<Tensor> {
+        let (n, k) = match self.shape[..] {
+            [n, k] => (n, k),
+            _ => {
+                return Err(ModelError::tensor(
+                    &self.name,
+                    "only matrices can be quantized",
+                ))
+            }
+        };
+        if !qt.fits(k) {
+            return Err(ModelError::tensor(
+                &self.name,
+                format!(
+                    "rows of {k} elements are not a multiple of {}'s block of {}",
+                    qt.name(),
+                    qt.block_elems()
+                ),
+            ));
+        }
+        let rb = qt.row_bytes(k);
+        let mut data = vec![0u8; n * rb];
+        let mut row = vec![0f32; k];
+        let view = self.view();
+        for (j, dst) in data.chunks_exact_mut(rb).enumerate() {
+            view.row_f32(j, k, &mut row);
+            quantize_row(qt, &row, dst);
+        }
+        Tensor::owned_quant(&self.name, qt, self.shape.clone(), data)
+    }
+
     pub fn is_mapped(&self) -> bool {
         matches!(self.storage, Storage::Mapped { .. })
     }
@@ -154,12 +253,18 @@ impl Tensor {
                 DType::BF16 => WeightView::BF16(v),
                 _ => WeightView::F16(v),
             },
+            Storage::OwnedBytes(v) => match self.dtype {
+                DType::Quant(q) => WeightView::Quant(q, v),
+                // Owned bytes are only ever created for quantized tensors.
+                _ => WeightView::Quant(QuantType::Q8_0, &[]),
+            },
             Storage::Mapped { file, start, end } => {
                 let bytes = &file.bytes()[*start..*end];
                 match self.dtype {
                     DType::F32 => WeightView::F32(cast_f32(bytes)),
                     DType::BF16 => WeightView::BF16(cast_u16(bytes)),
                     DType::F16 => WeightView::F16(cast_u16(bytes)),
+                    DType::Quant(q) => WeightView::Quant(q, bytes),
                 }
             }
         }
@@ -205,4 +310,71 @@ fn cast_u16(bytes: &[u8]) -> &[u16] {
         "tensor storage misaligned"
     );
     mid
+}
+
+/// Whether a checkpoint tensor is a weight matrix that load-time quantization converts
+/// (every 2-D `.weight`; norms and RoPE factors are 1-D and stay as they are).
+pub fn is_quantizable(t: &Tensor) -> bool {
+    t.shape.len() == 2 && t.name.ends_with(".weight") && !matches!(t.dtype, DType::Quant(_))
+}
+
+/// Quantizes every weight matrix of a checkpoint to `qt` in place, on `threads` threads.
+/// Matrices whose rows are not whole blocks of `qt` fall back to Q8_0 (32-element blocks) and
+/// stay as they are if even that does not fit.
+pub fn quantize_all(
+    tensors: &mut std::collections::HashMap<String, Tensor>,
+    qt: QuantType,
+    threads: usize,
+) -> Result<()> {
+    let mut names: Vec<String> = tensors
+        .iter()
+        .filter(|(_, t)| is_quantizable(t))
+        .map(|(n, _)| n.clone())
+        .collect();
+    names.sort();
+    let jobs: Vec<(String, QuantType)> = names
+        .into_iter()
+        .filter_map(|n| {
+            let k = tensors[&n].shape[1];
+            let q = if qt.fits(k) {
+                qt
+            } else if QuantType::Q8_0.fits(k) {
+                QuantType::Q8_0
+            } else {
+                return None;
+            };
+            Some((n, q))
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let src = &*tensors;
+    let results: Vec<Result<Vec<(String, Tensor)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((name, q)) = jobs.get(i) else { break };
+                        done.push((name.clone(), src[name].quantize(*q)?));
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ModelError::Input("quantization thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    for r in results {
+        for (name, t) in r? {
+            tensors.insert(name, t);
+        }
+    }
+    Ok(())
 }

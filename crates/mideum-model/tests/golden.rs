@@ -24,6 +24,7 @@ fn load(rel: &str) -> LoadedModel {
         &LoadOptions {
             threads: 2,
             ctx_size: Some(512),
+            ..Default::default()
         },
     )
     .unwrap_or_else(|e| panic!("loading {rel}: {e}"))

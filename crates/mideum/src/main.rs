@@ -2,8 +2,10 @@
 //! calls into `mideum-model`, `mideum-engine` or `mideum-guard`, and prints text (or JSON with
 //! `--json`). Errors go to stderr with a non-zero exit code.
 
+mod bench;
 mod chat;
 mod models;
+mod quantize;
 mod scan;
 mod serve;
 
@@ -59,6 +61,10 @@ enum Command {
     Import(models::ImportArgs),
     /// Write a manifest (names, sizes, SHA-256) of a model's files.
     Export(models::ExportArgs),
+    /// Prompt and generation throughput (llama-bench style) and the memory-bandwidth bound.
+    Bench(bench::BenchArgs),
+    /// Convert a checkpoint into a quantized GGUF (Q8_0, Q4_0, Q4_K_M, …).
+    Quantize(quantize::QuantizeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -86,8 +92,15 @@ pub fn load_model(path: &Path, threads: usize, ctx_size: Option<usize>) -> Resul
     }
     let path = &models::resolve(path)?;
     tracing::info!(path = %path.display(), "loading model");
-    LoadedModel::load(path, &LoadOptions { threads, ctx_size })
-        .with_context(|| format!("cannot load model {}", path.display()))
+    LoadedModel::load(
+        path,
+        &LoadOptions {
+            threads,
+            ctx_size,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("cannot load model {}", path.display()))
 }
 
 #[derive(Args, Clone)]
@@ -427,6 +440,8 @@ fn main() {
         Command::Show(a) => models::run_show(a),
         Command::Import(a) => models::run_import(a),
         Command::Export(a) => models::run_export(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

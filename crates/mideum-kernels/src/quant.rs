@@ -1,0 +1,636 @@
+//! GGML block-quantized weight formats (bit-compatible with GGUF files) and the 8-bit
+//! activation format the quantized dot products consume.
+//!
+//! Weight formats (one block covers `block_elems()` consecutive elements of a row):
+//!
+//! | type | elems | bytes | layout |
+//! |---|---|---|---|
+//! | Q8_0 | 32 | 34 | f16 `d`, 32 × i8 `q`; `x = d·q` |
+//! | Q4_0 | 32 | 18 | f16 `d`, 16 bytes: element `i < 16` is the low nibble of byte `i`, element `i + 16` its high nibble; `x = d·(n − 8)` |
+//! | Q4_K | 256 | 144 | f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit scales and mins for 8 sub-blocks of 32, 128 bytes of nibbles; `x = d·sc·n − dmin·m` |
+//! | Q5_K | 256 | 176 | as Q4_K plus 32 bytes of fifth bits before the nibbles |
+//! | Q6_K | 256 | 210 | 128 bytes low nibbles, 64 bytes of 2-bit highs, 16 × i8 scales (one per 16 elements), f16 `d`; `x = d·sc·(n − 32)` |
+//!
+//! Inside a K-quant super-block the nibbles are stored per 64 elements: 32 bytes whose low
+//! nibbles are elements `0..32` and high nibbles elements `32..64` of that chunk.
+//!
+//! Dequantization follows GGML's reference arithmetic exactly (same operations, same order,
+//! no fused multiply-add), so it is bit-identical to llama.cpp's `dequantize_row_*`.
+//!
+//! Activations are quantized per row to signed 8 bits ([`ActQ8`]): blocks of 32 with their own
+//! scale for Q8_0/Q4_0 weights, blocks of 256 with one scale and per-16 sums for K-quants.
+//! The dot products keep the weight side unsigned (`n` or `q + 128`) so that AVX-512 VNNI's
+//! `vpdpbusd` (u8 × i8) applies directly; the offsets are removed with the activation sums.
+
+use half::f16;
+
+pub const QK_K: usize = 256;
+pub const QK8_0: usize = 32;
+
+/// A GGML block-quantized type Mideum computes with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantType {
+    Q8_0,
+    Q4_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl QuantType {
+    pub const ALL: [QuantType; 5] = [
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ];
+
+    /// Elements per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            QuantType::Q8_0 | QuantType::Q4_0 => 32,
+            _ => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantType::Q8_0 => 34,
+            QuantType::Q4_0 => 18,
+            QuantType::Q4K => 144,
+            QuantType::Q5K => 176,
+            QuantType::Q6K => 210,
+        }
+    }
+
+    /// GGML's type id (the number stored in GGUF tensor infos).
+    pub fn ggml_type(self) -> u32 {
+        match self {
+            QuantType::Q8_0 => 8,
+            QuantType::Q4_0 => 2,
+            QuantType::Q4K => 12,
+            QuantType::Q5K => 13,
+            QuantType::Q6K => 14,
+        }
+    }
+
+    pub fn from_ggml_type(t: u32) -> Option<QuantType> {
+        QuantType::ALL.into_iter().find(|q| q.ggml_type() == t)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantType::Q8_0 => "Q8_0",
+            QuantType::Q4_0 => "Q4_0",
+            QuantType::Q4K => "Q4_K",
+            QuantType::Q5K => "Q5_K",
+            QuantType::Q6K => "Q6_K",
+        }
+    }
+
+    /// Parses `q8_0`, `Q4_K`, `q4k`, … (case-insensitive, `_` optional before `K`).
+    pub fn parse(s: &str) -> Option<QuantType> {
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect::<String>()
+            .to_ascii_uppercase();
+        match norm.as_str() {
+            "Q80" => Some(QuantType::Q8_0),
+            "Q40" => Some(QuantType::Q4_0),
+            "Q4K" => Some(QuantType::Q4K),
+            "Q5K" => Some(QuantType::Q5K),
+            "Q6K" => Some(QuantType::Q6K),
+            _ => None,
+        }
+    }
+
+    /// Bytes of a row of `k` elements (`k` must be a multiple of `block_elems`).
+    pub fn row_bytes(self, k: usize) -> usize {
+        k / self.block_elems() * self.block_bytes()
+    }
+
+    /// Whether rows of `k` elements can be stored in this type.
+    pub fn fits(self, k: usize) -> bool {
+        k > 0 && k.is_multiple_of(self.block_elems())
+    }
+
+    /// Which activation layout the dot products with this weight type read.
+    pub fn act_kind(self) -> ActKind {
+        match self {
+            QuantType::Q8_0 | QuantType::Q4_0 => ActKind::B32,
+            _ => ActKind::K256,
+        }
+    }
+}
+
+#[inline]
+fn rd_f16(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+#[inline]
+fn wr_f16(b: &mut [u8], at: usize, v: f32) {
+    b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+}
+
+/// Scale and min of sub-block `j` (0..8) from the 12 packed bytes of a Q4_K/Q5_K block.
+#[inline]
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Inverse of [`scale_min_k4`]: packs 8 six-bit scales and mins into 12 bytes.
+pub fn pack_scale_min_k4(sc: &[u8; 8], m: &[u8; 8], q: &mut [u8]) {
+    for j in 0..4 {
+        q[j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6);
+        q[j + 4] = (m[j] & 63) | ((m[j + 4] >> 4) << 6);
+        q[j + 8] = (sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4);
+    }
+}
+
+/// Dequantizes one row: `src` holds `out.len() / block_elems` blocks.
+pub fn dequantize_row(qt: QuantType, src: &[u8], out: &mut [f32]) {
+    let (be, bb) = (qt.block_elems(), qt.block_bytes());
+    assert!(
+        out.len().is_multiple_of(be),
+        "row length not a block multiple"
+    );
+    assert!(src.len() >= out.len() / be * bb, "quantized row too short");
+    for (blk, y) in src.chunks_exact(bb).zip(out.chunks_exact_mut(be)) {
+        match qt {
+            QuantType::Q8_0 => {
+                let d = rd_f16(blk, 0);
+                for (o, &q) in y.iter_mut().zip(&blk[2..34]) {
+                    *o = (q as i8) as f32 * d;
+                }
+            }
+            QuantType::Q4_0 => {
+                let d = rd_f16(blk, 0);
+                for j in 0..16 {
+                    let b = blk[2 + j];
+                    y[j] = ((b & 0xF) as i32 - 8) as f32 * d;
+                    y[j + 16] = ((b >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+            QuantType::Q4K => {
+                let (d, dmin) = (rd_f16(blk, 0), rd_f16(blk, 2));
+                let scales = &blk[4..16];
+                let qs = &blk[16..144];
+                for c in 0..4 {
+                    let (s1, m1) = scale_min_k4(2 * c, scales);
+                    let (s2, m2) = scale_min_k4(2 * c + 1, scales);
+                    let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
+                    let (d2, m2) = (d * s2 as f32, dmin * m2 as f32);
+                    let q = &qs[32 * c..32 * c + 32];
+                    for l in 0..32 {
+                        y[64 * c + l] = d1 * (q[l] & 0xF) as f32 - m1;
+                        y[64 * c + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
+                    }
+                }
+            }
+            QuantType::Q5K => {
+                let (d, dmin) = (rd_f16(blk, 0), rd_f16(blk, 2));
+                let scales = &blk[4..16];
+                let qh = &blk[16..48];
+                let qs = &blk[48..176];
+                for c in 0..4 {
+                    let (s1, m1) = scale_min_k4(2 * c, scales);
+                    let (s2, m2) = scale_min_k4(2 * c + 1, scales);
+                    let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
+                    let (d2, m2) = (d * s2 as f32, dmin * m2 as f32);
+                    let q = &qs[32 * c..32 * c + 32];
+                    for l in 0..32 {
+                        let h1 = ((qh[l] >> (2 * c)) & 1) << 4;
+                        let h2 = ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                        y[64 * c + l] = d1 * ((q[l] & 0xF) | h1) as f32 - m1;
+                        y[64 * c + 32 + l] = d2 * ((q[l] >> 4) | h2) as f32 - m2;
+                    }
+                }
+            }
+            QuantType::Q6K => {
+                let d = rd_f16(blk, 208);
+                for half in 0..2 {
+                    let ql = &blk[64 * half..64 * half + 64];
+                    let qh = &blk[128 + 32 * half..128 + 32 * half + 32];
+                    let sc = &blk[192 + 8 * half..192 + 8 * half + 8];
+                    let y = &mut y[128 * half..128 * half + 128];
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                        let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                        y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                        y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                        y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                        y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Quantizes one row of `x.len()` floats into `out` (`qt.row_bytes(x.len())` bytes).
+///
+/// Q8_0 and Q4_0 use GGML's reference rounding. The K-quants pick each sub-block's scale and
+/// min from its range, refine them by a few least-squares steps, and store them with 6-bit
+/// (Q4_K/Q5_K) or 8-bit (Q6_K) super-block-relative precision; any valid encoding loads in
+/// every GGUF reader, this one aims at a low squared error.
+pub fn quantize_row(qt: QuantType, x: &[f32], out: &mut [u8]) {
+    let (be, bb) = (qt.block_elems(), qt.block_bytes());
+    assert!(
+        x.len().is_multiple_of(be),
+        "row length not a block multiple"
+    );
+    assert!(out.len() >= x.len() / be * bb, "output too short");
+    for (xb, blk) in x.chunks_exact(be).zip(out.chunks_exact_mut(bb)) {
+        match qt {
+            QuantType::Q8_0 => {
+                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                wr_f16(blk, 0, d);
+                for (o, &v) in blk[2..34].iter_mut().zip(xb) {
+                    *o = ((v * id).round() as i32).clamp(-128, 127) as i8 as u8;
+                }
+            }
+            QuantType::Q4_0 => {
+                let mut max = 0f32;
+                for &v in xb {
+                    if v.abs() > max.abs() {
+                        max = v;
+                    }
+                }
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                wr_f16(blk, 0, d);
+                for j in 0..16 {
+                    let q0 = ((xb[j] * id + 8.5) as i32).clamp(0, 15) as u8;
+                    let q1 = ((xb[j + 16] * id + 8.5) as i32).clamp(0, 15) as u8;
+                    blk[2 + j] = q0 | (q1 << 4);
+                }
+            }
+            QuantType::Q4K | QuantType::Q5K => quantize_k_asym(qt, xb, blk),
+            QuantType::Q6K => quantize_q6k(xb, blk),
+        }
+    }
+}
+
+/// Scale `s ≥ 0` and offset `m ≥ 0` so that `x ≈ s·n − m` with `n` in `0..=nmax`.
+fn fit_asym(x: &[f32], nmax: i32) -> (f32, f32) {
+    let mut lo = x.iter().fold(f32::INFINITY, |a, &v| a.min(v)).min(0.0);
+    let hi = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    if hi <= lo {
+        return (0.0, -lo);
+    }
+    let mut s = (hi - lo) / nmax as f32;
+    // A few alternating least-squares steps: fix n, solve for (s, lo).
+    for _ in 0..3 {
+        let (mut sn, mut snn, mut sx, mut snx) = (0f32, 0f32, 0f32, 0f32);
+        let cnt = x.len() as f32;
+        for &v in x {
+            let n = (((v - lo) / s).round() as i32).clamp(0, nmax) as f32;
+            sn += n;
+            snn += n * n;
+            sx += v;
+            snx += n * v;
+        }
+        let det = cnt * snn - sn * sn;
+        if det <= 0.0 {
+            break;
+        }
+        let ns = (cnt * snx - sn * sx) / det;
+        let nlo = (sx - ns * sn) / cnt;
+        if ns <= 0.0 || nlo > 0.0 {
+            break;
+        }
+        s = ns;
+        lo = nlo;
+    }
+    (s, -lo)
+}
+
+fn quantize_k_asym(qt: QuantType, x: &[f32], blk: &mut [u8]) {
+    let nmax = if qt == QuantType::Q4K { 15 } else { 31 };
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    for j in 0..8 {
+        (scales[j], mins[j]) = fit_asym(&x[32 * j..32 * j + 32], nmax);
+    }
+    let max_scale = scales.iter().fold(0f32, |a, &v| a.max(v));
+    let max_min = mins.iter().fold(0f32, |a, &v| a.max(v));
+    let d = f16::from_f32(max_scale / 63.0).to_f32();
+    let dmin = f16::from_f32(max_min / 63.0).to_f32();
+    let mut sc = [0u8; 8];
+    let mut mq = [0u8; 8];
+    for j in 0..8 {
+        sc[j] = if d > 0.0 {
+            ((scales[j] / d).round() as i32).clamp(0, 63) as u8
+        } else {
+            0
+        };
+        mq[j] = if dmin > 0.0 {
+            ((mins[j] / dmin).round() as i32).clamp(0, 63) as u8
+        } else {
+            0
+        };
+    }
+    wr_f16(blk, 0, d);
+    wr_f16(blk, 2, dmin);
+    pack_scale_min_k4(&sc, &mq, &mut blk[4..16]);
+    let mut n = [0u8; QK_K];
+    for j in 0..8 {
+        let ds = d * sc[j] as f32;
+        let dm = dmin * mq[j] as f32;
+        for l in 0..32 {
+            let v = x[32 * j + l];
+            n[32 * j + l] = if ds > 0.0 {
+                (((v + dm) / ds).round() as i32).clamp(0, nmax) as u8
+            } else {
+                0
+            };
+        }
+    }
+    let qs_at = if qt == QuantType::Q4K { 16 } else { 48 };
+    if qt == QuantType::Q5K {
+        blk[16..48].iter_mut().for_each(|b| *b = 0);
+    }
+    for c in 0..4 {
+        for l in 0..32 {
+            let (a, b) = (n[64 * c + l], n[64 * c + 32 + l]);
+            blk[qs_at + 32 * c + l] = (a & 0xF) | ((b & 0xF) << 4);
+            if qt == QuantType::Q5K {
+                blk[16 + l] |= ((a >> 4) << (2 * c)) | ((b >> 4) << (2 * c + 1));
+            }
+        }
+    }
+}
+
+fn quantize_q6k(x: &[f32], blk: &mut [u8]) {
+    let mut scales = [0f32; 16];
+    for g in 0..16 {
+        let mut max = 0f32;
+        for &v in &x[16 * g..16 * g + 16] {
+            if v.abs() > max.abs() {
+                max = v;
+            }
+        }
+        // The extreme value maps to -32, the one level that has no positive twin.
+        scales[g] = max / -32.0;
+    }
+    let mut amax = 0f32;
+    for &s in &scales {
+        if s.abs() > amax.abs() {
+            amax = s;
+        }
+    }
+    let d = f16::from_f32(amax / -128.0).to_f32();
+    let mut sc = [0i8; 16];
+    for g in 0..16 {
+        sc[g] = if d != 0.0 {
+            ((scales[g] / d).round() as i32).clamp(-128, 127) as i8
+        } else {
+            0
+        };
+    }
+    let mut n = [0u8; QK_K];
+    for g in 0..16 {
+        let ds = d * sc[g] as f32;
+        for l in 0..16 {
+            let v = x[16 * g + l];
+            n[16 * g + l] = if ds != 0.0 {
+                ((v / ds).round() as i32).clamp(-32, 31) + 32
+            } else {
+                32
+            } as u8;
+        }
+    }
+    for half in 0..2 {
+        let nn = &n[128 * half..128 * half + 128];
+        for l in 0..32 {
+            let (q1, q2, q3, q4) = (nn[l], nn[l + 32], nn[l + 64], nn[l + 96]);
+            blk[64 * half + l] = (q1 & 0xF) | ((q3 & 0xF) << 4);
+            blk[64 * half + l + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
+            blk[128 + 32 * half + l] =
+                (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+        }
+    }
+    for g in 0..16 {
+        blk[192 + g] = sc[g] as u8;
+    }
+    wr_f16(blk, 208, d);
+}
+
+/// Which block structure activations are quantized to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActKind {
+    /// Blocks of 32 with an f32 scale each (rounded through f16, as GGML's Q8_0) and the
+    /// sum of each block's quantized values.
+    B32,
+    /// Blocks of 256 with one f32 scale and the sum of every 16 quantized values.
+    K256,
+}
+
+/// Activation rows quantized to 8 bits. Buffers grow to the largest shape seen and are then
+/// reused, so quantizing per token allocates nothing.
+#[derive(Default, Debug)]
+pub struct ActQ8 {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub sums: Vec<i32>,
+    pub rows: usize,
+    pub k: usize,
+}
+
+impl ActQ8 {
+    /// Quantizes `rows` rows of `k` floats (`k` a multiple of the kind's block size).
+    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize, kind: ActKind) {
+        assert_eq!(x.len(), rows * k, "activation shape");
+        let be = match kind {
+            ActKind::B32 => 32,
+            ActKind::K256 => QK_K,
+        };
+        assert!(k.is_multiple_of(be), "activation row not a block multiple");
+        let nb = rows * k / be;
+        self.qs.resize(rows * k, 0);
+        self.d.resize(nb, 0.0);
+        self.sums.resize(
+            match kind {
+                ActKind::B32 => nb,
+                ActKind::K256 => nb * 16,
+            },
+            0,
+        );
+        self.rows = rows;
+        self.k = k;
+        for b in 0..nb {
+            let xb = &x[b * be..(b + 1) * be];
+            let qb = &mut self.qs[b * be..(b + 1) * be];
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let mut d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            if kind == ActKind::B32 {
+                d = f16::from_f32(d).to_f32();
+            }
+            self.d[b] = d;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                *q = ((v * id).round() as i32).clamp(-127, 127) as i8;
+            }
+            match kind {
+                ActKind::B32 => self.sums[b] = qb.iter().map(|&q| q as i32).sum(),
+                ActKind::K256 => {
+                    for g in 0..16 {
+                        self.sums[b * 16 + g] =
+                            qb[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Row `r`'s quantized values, scales and sums.
+    pub fn row(&self, r: usize, kind: ActKind) -> ActRow<'_> {
+        let k = self.k;
+        let (nd, ns) = match kind {
+            ActKind::B32 => (k / 32, k / 32),
+            ActKind::K256 => (k / QK_K, k / 16),
+        };
+        ActRow {
+            qs: &self.qs[r * k..(r + 1) * k],
+            d: &self.d[r * nd..(r + 1) * nd],
+            sums: &self.sums[r * ns..(r + 1) * ns],
+        }
+    }
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy, Debug)]
+pub struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub sums: &'a [i32],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rnd_vec(seed: u32, n: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                ((s % 20001) as f32 / 10000.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scale_min_packing_roundtrips() {
+        let sc = [0u8, 63, 17, 42, 5, 33, 62, 1];
+        let m = [63u8, 0, 21, 7, 48, 2, 31, 60];
+        let mut q = [0u8; 12];
+        pack_scale_min_k4(&sc, &m, &mut q);
+        for j in 0..8 {
+            assert_eq!(scale_min_k4(j, &q), (sc[j], m[j]));
+        }
+    }
+
+    #[test]
+    fn quantize_dequantize_error_is_small() {
+        for qt in QuantType::ALL {
+            let k = 512;
+            let x = rnd_vec(7, k, 2.0);
+            let mut q = vec![0u8; qt.row_bytes(k)];
+            quantize_row(qt, &x, &mut q);
+            let mut y = vec![0f32; k];
+            dequantize_row(qt, &q, &mut y);
+            let err: f32 = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                / k as f32;
+            let pow: f32 = x.iter().map(|a| a * a).sum::<f32>() / k as f32;
+            let bound = match qt {
+                QuantType::Q8_0 => 1e-4,
+                QuantType::Q6K => 2e-3,
+                QuantType::Q5K => 5e-3,
+                _ => 2e-2,
+            };
+            assert!(err / pow < bound, "{:?}: relative mse {}", qt, err / pow);
+        }
+    }
+
+    #[test]
+    fn parse_names() {
+        for qt in QuantType::ALL {
+            assert_eq!(QuantType::parse(qt.name()), Some(qt));
+            assert_eq!(QuantType::parse(&qt.name().to_lowercase()), Some(qt));
+            assert_eq!(QuantType::from_ggml_type(qt.ggml_type()), Some(qt));
+        }
+        assert_eq!(QuantType::parse("q4_k_m"), None);
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    /// Bit-exact against the `gguf` package's numpy port of GGML's reference
+    /// (`scripts/make_quant_golden.py`).
+    #[test]
+    fn dequantize_and_quantize_match_reference_bits() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/golden/quant_blocks.bin"
+        );
+        let data = std::fs::read(path).expect("golden file");
+        let mut pos = 0;
+        let u32_at =
+            |p: usize| u32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]);
+        let f32s = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let mut seen = 0;
+        while pos < data.len() {
+            let (t, kind, nb) = (u32_at(pos), u32_at(pos + 4), u32_at(pos + 8) as usize);
+            pos += 12;
+            let qt = QuantType::from_ggml_type(t).expect("type");
+            let (nbytes, nel) = (nb * qt.block_bytes(), nb * qt.block_elems());
+            if kind == 0 {
+                let raw = &data[pos..pos + nbytes];
+                let want = f32s(&data[pos + nbytes..pos + nbytes + 4 * nel]);
+                let mut got = vec![0f32; nel];
+                dequantize_row(qt, raw, &mut got);
+                for i in 0..nel {
+                    assert_eq!(got[i].to_bits(), want[i].to_bits(), "{qt:?} element {i}");
+                }
+            } else {
+                let x = f32s(&data[pos..pos + 4 * nel]);
+                let want = &data[pos + 4 * nel..pos + 4 * nel + nbytes];
+                let mut got = vec![0u8; nbytes];
+                quantize_row(qt, &x, &mut got);
+                assert_eq!(&got[..], want, "{qt:?} quantization");
+            }
+            pos += nbytes + 4 * nel;
+            seen += 1;
+        }
+        assert_eq!(seen, 7);
+    }
+}
