@@ -266,6 +266,8 @@ mod x86 {
             // SAFETY (whole loop body): block b < nb lies inside `w` (34 bytes each) and `a`.
             unsafe {
                 let blk = wp.add(b * 34);
+                // Stream ahead: a decode matmul reads each weight once, straight from DRAM.
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(34 * 16) as *const i8);
                 let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
                 let dw = ld_f16(blk);
                 for r in 0..R {
@@ -296,6 +298,7 @@ mod x86 {
             // SAFETY (whole loop body): block b < nb lies inside `w` (18 bytes each) and `a`.
             unsafe {
                 let blk = wp.add(b * 18);
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(18 * 32) as *const i8);
                 let q = _mm_loadu_si128(blk.add(2) as *const __m128i);
                 let lo = _mm_and_si128(q, m4);
                 let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
@@ -342,6 +345,9 @@ mod x86 {
             // caller); every offset below stays inside one block.
             unsafe {
                 let blk = wp.add(b * bb);
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb + 64) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb + 128) as *const i8);
                 let scales = std::slice::from_raw_parts(blk.add(4), 12);
                 let mut sc = [0i32; 8];
                 let mut mn = [0i32; 8];
@@ -422,6 +428,9 @@ mod x86 {
             // SAFETY (whole loop body): block b < nb lies inside `w` (210 bytes each) and `a`.
             unsafe {
                 let blk = wp.add(b * 210);
+                for off in [0, 64, 128, 192] {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * 210 + off) as *const i8);
+                }
                 let sc16 = _mm_loadu_si128(blk.add(192) as *const __m128i);
                 let sc_lo = _mm256_cvtepi8_epi32(sc16);
                 let sc_hi = _mm256_cvtepi8_epi32(_mm_srli_si128(sc16, 8));
