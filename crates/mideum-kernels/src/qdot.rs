@@ -553,6 +553,7 @@ mod x86 {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
     use crate::quant::{dequantize_row, quantize_row, ActQ8};

@@ -516,6 +516,7 @@ pub struct ActRow<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
 
@@ -575,6 +576,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod golden {
     use super::*;
 
