@@ -106,13 +106,13 @@ def main():
                     print(f"round {rnd + 1}/{a.reps} {f.split('/')[-1]} {name} t={t} {eng}: {r0['avg_ts']:.2f} t/s"
                           + (f" (bw {r0['bw_gbs_before']:.1f}/{r0['bw_gbs_after']:.1f} GB/s, bound {r0['bound_ts']:.1f})" if 'bound_ts' in r0 else ""),
                           file=sys.stderr, flush=True)
-    print("| file | test | threads | mideum t/s | llama.cpp t/s | ratio | bound t/s | mideum % of bound | mideum peak RSS | llama.cpp peak RSS |")
+    print("| file | test | threads | mideum t/s | llama.cpp t/s | ratio | bound t/s | mideum % of bound | mideum RSS after test | llama.cpp peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (f, name, t), d in res.items():
         m = statistics.median(r["avg_ts"] for r in d["mideum"])
         l = statistics.median(r["avg_ts"] for r in d["llama.cpp"])
         bound = statistics.median(r["bound_ts"] for r in d["mideum"])
-        mr = max(r.get("peak_rss_bytes") or 0 for r in d["mideum"]) / 1e9
+        mr = max(r.get("rss_bytes") or 0 for r in d["mideum"]) / 1e9
         lr = max(r.get("peak_rss_bytes") or 0 for r in d["llama.cpp"]) / 1e9
         print(f"| {f.split('/')[-1]} | {name} | {t} | {m:.2f} | {l:.2f} | {m / l:.2f}x | {bound:.1f} | "
               f"{100 * m / bound:.0f}% | {mr:.2f} GB | {lr:.2f} GB |")
