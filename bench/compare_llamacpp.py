@@ -77,6 +77,7 @@ def main():
     ap.add_argument("--mideum", default="target/release/mideum")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tests", default="tg64@1,tg64@2,pp512@2", help="testN@threads, comma-separated")
+    ap.add_argument("--inner-reps", type=int, default=2, help="timed repetitions per process (after one warm-up)")
     ap.add_argument("--worker", nargs=5, metavar=("FILE", "T", "P", "N", "R"))
     a = ap.parse_args()
     if a.worker:
@@ -97,21 +98,21 @@ def main():
                 order = ["mideum", "llama.cpp"] if rnd % 2 == 0 else ["llama.cpp", "mideum"]
                 for eng in order:
                     if eng == "mideum":
-                        rows = run_json([a.mideum, "bench", "-m", f, "-p", str(p), "-n", str(n), "-t", str(t), "-r", "2", "--json"])
+                        rows = run_json([a.mideum, "bench", "-m", f, "-p", str(p), "-n", str(n), "-t", str(t), "-r", str(a.inner_reps), "--json"])
                     else:
-                        rows = run_json([sys.executable, __file__, "--worker", f, str(t), str(p), str(n), "2"])
+                        rows = run_json([sys.executable, __file__, "--worker", f, str(t), str(p), str(n), str(a.inner_reps)])
                     res.setdefault(key, {}).setdefault(eng, []).append(rows[0])
                     r0 = rows[0]
                     print(f"round {rnd + 1}/{a.reps} {f.split('/')[-1]} {name} t={t} {eng}: {r0['avg_ts']:.2f} t/s"
                           + (f" (bw {r0['bw_gbs_before']:.1f}/{r0['bw_gbs_after']:.1f} GB/s, bound {r0['bound_ts']:.1f})" if 'bound_ts' in r0 else ""),
                           file=sys.stderr, flush=True)
-    print("| file | test | threads | mideum t/s | llama.cpp t/s | ratio | bound t/s | mideum % of bound | mideum peak RSS | llama.cpp peak RSS |")
+    print("| file | test | threads | mideum t/s | llama.cpp t/s | ratio | bound t/s | mideum % of bound | mideum RSS after test | llama.cpp peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (f, name, t), d in res.items():
         m = statistics.median(r["avg_ts"] for r in d["mideum"])
         l = statistics.median(r["avg_ts"] for r in d["llama.cpp"])
         bound = statistics.median(r["bound_ts"] for r in d["mideum"])
-        mr = max(r.get("peak_rss_bytes") or 0 for r in d["mideum"]) / 1e9
+        mr = max(r.get("rss_bytes") or 0 for r in d["mideum"]) / 1e9
         lr = max(r.get("peak_rss_bytes") or 0 for r in d["llama.cpp"]) / 1e9
         print(f"| {f.split('/')[-1]} | {name} | {t} | {m:.2f} | {l:.2f} | {m / l:.2f}x | {bound:.1f} | "
               f"{100 * m / bound:.0f}% | {mr:.2f} GB | {lr:.2f} GB |")

@@ -38,7 +38,7 @@ struct Shared {
 
 /// Spin iterations before sleeping (a few tens of microseconds): longer than the gap between
 /// two matrix products of one forward pass, far shorter than the gap between requests.
-const SPIN: u32 = 1 << 14;
+const SPIN: u32 = 1 << 10;
 
 pub struct ThreadPool {
     shared: Arc<Shared>,

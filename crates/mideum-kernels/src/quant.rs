@@ -523,6 +523,7 @@ pub struct ActRow<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
 
@@ -587,6 +588,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod golden {
     use super::*;
 

@@ -193,7 +193,7 @@ impl QuantPlan {
     pub fn type_for(self, gguf_name: &str, k: usize, n_layers: usize, tied: bool) -> QuantType {
         let more_bits = |i: usize| {
             let n = n_layers;
-            i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+            i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
         };
         let layer = gguf_name
             .strip_prefix("blk.")
@@ -671,7 +671,7 @@ fn encode_tensor(
 ) -> Result<()> {
     let numel = t.numel();
     let k = *t.shape.last().unwrap_or(&1);
-    let rows = if k == 0 { 0 } else { numel / k };
+    let rows = numel.checked_div(k).unwrap_or(0);
     let view = t.view();
     let src_row = |r: usize| match permute {
         Some(nh) => permuted_row(r, rows, nh),

@@ -128,6 +128,9 @@ impl LoadedModel {
         if let Some(q) = opts.quant {
             crate::tensor::quantize_all(&mut tensors, q, threads(opts.threads))?;
         }
+        if std::env::var("MIDEUM_HUGEPAGES").is_ok_and(|v| v == "1") {
+            crate::tensor::move_to_hugepages(&mut tensors)?;
+        }
         let model = Llama::new(config, tensors, NameScheme::Gguf, threads(opts.threads))?;
         Self::finish(
             path,

@@ -144,9 +144,11 @@ pub fn measure_bandwidth(threads: usize) -> f64 {
     best
 }
 
-fn peak_rss_bytes() -> Option<u64> {
+/// Resident memory now (`VmRSS`): read right after a test, before the next bandwidth probe
+/// allocates its buffer, so it is the model's mapped weights plus KV cache and scratch.
+fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -279,11 +281,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     args.reps
                 );
             }
+            let rss = rss_bytes();
             let bw_after = measure_bandwidth(threads);
             let (avg, sd) = mean_sd(&samples);
             let bw = (bw_before + bw_after) / 2.0;
             let bound = bw * 1e9 / wbytes.max(1) as f64;
-            let rss = peak_rss_bytes();
             if args.json {
                 println!(
                     "{}",
@@ -304,7 +306,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         "bw_gbs_after": bw_after,
                         "decode_bytes": wbytes,
                         "bound_ts": bound,
-                        "peak_rss_bytes": rss,
+                        "rss_bytes": rss,
                         "kv_cache_bytes": cache.bytes(),
                     })
                 );
