@@ -37,7 +37,7 @@ def test_chat_non_streaming(client, mini, render):
     assert c.finish_reason in ("stop", "length")
     u = r.usage
     assert u.prompt_tokens == len(render("mini", HELLO)), "prompt not rendered as the chat template"
-    assert 1 <= u.completion_tokens <= 8
+    assert 0 <= u.completion_tokens <= 8
     assert u.total_tokens == u.prompt_tokens + u.completion_tokens
     if c.finish_reason == "length":
         assert u.completion_tokens == 8
