@@ -29,8 +29,10 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context window was reached.
     Length,
-    /// The caller asked to stop.
+    /// The caller asked to stop (or went away).
     Cancelled,
+    /// The request's deadline passed.
+    Deadline,
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +145,71 @@ fn held_back(text: &str, stops: &[String]) -> usize {
     best
 }
 
+/// Turns sampled ids into final text: whole characters only, cut before a stop string, and
+/// holding back text that could still become one.
+pub struct OutputText {
+    decoder: StreamDecoder,
+    stops: Vec<String>,
+    text: String,
+    emitted: usize,
+}
+
+impl OutputText {
+    pub fn new(stops: &[String]) -> OutputText {
+        OutputText {
+            decoder: StreamDecoder::new(true),
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            text: String::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds a token. Returns the text that became final and whether a stop string was hit.
+    pub fn push(&mut self, tok: &mideum_model::Tokenizer, id: u32) -> Result<(String, bool)> {
+        self.text.push_str(&self.decoder.push(tok, id)?);
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min()
+        {
+            self.text.truncate(pos);
+            let piece = self
+                .text
+                .get(self.emitted..)
+                .unwrap_or_default()
+                .to_string();
+            self.emitted = self.text.len();
+            return Ok((piece, true));
+        }
+        let safe = self.text.len() - held_back(&self.text, &self.stops);
+        if safe > self.emitted {
+            let piece = self.text[self.emitted..safe].to_string();
+            self.emitted = safe;
+            return Ok((piece, false));
+        }
+        Ok((String::new(), false))
+    }
+
+    /// The rest of the text at the end of the stream (held-back characters included).
+    pub fn finish(&mut self, tok: &mideum_model::Tokenizer, stopped: bool) -> Result<String> {
+        if !stopped {
+            self.text.push_str(&self.decoder.flush(tok)?);
+        }
+        let piece = self
+            .text
+            .get(self.emitted..)
+            .unwrap_or_default()
+            .to_string();
+        self.emitted = self.text.len();
+        Ok(piece)
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
 /// Generates a continuation of `req.prompt_ids`. `on_text` receives each new piece of text as
 /// it becomes final and returns `false` to cancel.
 pub fn generate(
@@ -157,11 +224,9 @@ pub fn generate(
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut sampler = Sampler::new(req.sampling.clone());
-    let mut decoder = StreamDecoder::new(true);
+    let mut out_text = OutputText::new(&req.stop);
     let mut history = req.prompt_ids.clone();
     let mut ids = Vec::new();
-    let mut text = String::new();
-    let mut emitted = 0;
     let room = session.max_len() - req.prompt_ids.len();
     let limit = req.max_tokens.min(room);
     let mut finish = FinishReason::Length;
@@ -173,41 +238,29 @@ pub fn generate(
             finish = FinishReason::Stop;
             break;
         }
-        text.push_str(&decoder.push(&model.tokenizer, id)?);
-        if let Some(pos) = req
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-        {
-            text.truncate(pos);
-            if pos > emitted {
-                on_text(&text[emitted..]);
+        let (piece, stopped) = out_text.push(&model.tokenizer, id)?;
+        if stopped {
+            if !piece.is_empty() {
+                on_text(&piece);
             }
-            emitted = text.len();
             finish = FinishReason::Stop;
             break;
         }
-        let safe = text.len() - held_back(&text, &req.stop);
-        if safe > emitted {
-            let piece = &text[emitted..safe];
-            emitted = safe;
-            if !on_text(piece) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
+        if !piece.is_empty() && !on_text(&piece) {
+            finish = FinishReason::Cancelled;
+            break;
         }
         if ids.len() < limit {
             logits = session.step(model, id)?;
         }
     }
-    if finish != FinishReason::Stop {
-        text.push_str(&decoder.flush(&model.tokenizer)?);
+    if finish != FinishReason::Cancelled {
+        let rest = out_text.finish(&model.tokenizer, finish == FinishReason::Stop)?;
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
     }
-    if text.len() > emitted && finish != FinishReason::Cancelled {
-        on_text(&text[emitted..]);
-    }
+    let text = out_text.text().to_string();
     Ok(GenerateOutput {
         ids,
         text,

@@ -3,7 +3,11 @@
 //! reuses the KV cache of the conversation so far.
 
 pub mod generate;
+pub mod metrics;
 pub mod sampler;
+pub mod scheduler;
 
 pub use generate::{generate, score, FinishReason, GenerateOutput, GenerateRequest, Session};
+pub use metrics::{render_all, Metrics};
 pub use sampler::{Sampler, SamplingParams};
+pub use scheduler::{Engine, EngineConfig, Event, Request, SubmitError, TokenLogprob, Usage};

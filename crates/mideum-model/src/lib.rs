@@ -2,6 +2,7 @@
 //! directories and GGUF files) through memory maps, loads their tokenizer and chat template with
 //! Hugging Face semantics, and runs the forward pass.
 
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod gguf;

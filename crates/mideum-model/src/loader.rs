@@ -208,6 +208,21 @@ impl LoadedModel {
         t.render(messages, tools, add_generation_prompt)
     }
 
+    /// Renders and tokenizes a chat so that only the template's markup becomes control tokens
+    /// (see `chat::encode_chat`). Returns the prompt text and its ids.
+    pub fn encode_chat(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<(String, Vec<u32>)> {
+        let t = self
+            .template
+            .as_ref()
+            .ok_or_else(|| ModelError::Template("this model has no chat template".into()))?;
+        crate::chat::encode_chat(&self.tokenizer, t, messages, tools, add_generation_prompt)
+    }
+
     /// Token ids of a rendered chat prompt. The template already writes BOS and control tokens,
     /// so nothing is added here (no doubled BOS).
     pub fn encode_prompt(&self, rendered: &str) -> Result<Vec<u32>> {

@@ -12,6 +12,10 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token parsing off: their strings become plain text.
+    plain: tokenizers::Tokenizer,
+    /// Strings of the special (control) tokens, longest first.
+    specials: Vec<(String, u32)>,
     /// Special-token strings the chat template may refer to (`bos_token`, `eos_token`, …).
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
@@ -42,14 +46,7 @@ impl Tokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(&tj)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tj.display())))?;
-        let mut t = Tokenizer {
-            inner,
-            bos_token: None,
-            eos_token: None,
-            pad_token: None,
-            unk_token: None,
-            adds_bos: false,
-        };
+        let mut t = Tokenizer::wrap(inner);
         for name in ["special_tokens_map.json", "tokenizer_config.json"] {
             let p = dir.join(name);
             if p.exists() {
@@ -161,13 +158,48 @@ impl Tokenizer {
             ))
         })?;
         Ok(Tokenizer {
-            inner,
             bos_token: name_of(bos_id),
             eos_token: name_of(id_of("tokenizer.ggml.eos_token_id")),
             pad_token: name_of(id_of("tokenizer.ggml.padding_token_id")),
             unk_token: name_of(id_of("tokenizer.ggml.unknown_token_id")),
             adds_bos: add_bos && bos_id.is_some(),
+            ..Tokenizer::wrap(inner)
         })
+    }
+
+    fn wrap(inner: tokenizers::Tokenizer) -> Tokenizer {
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let mut specials: Vec<(String, u32)> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        Tokenizer {
+            inner,
+            plain,
+            specials,
+            bos_token: None,
+            eos_token: None,
+            pad_token: None,
+            unk_token: None,
+            adds_bos: false,
+        }
+    }
+
+    /// Special-token strings and ids, longest first.
+    pub fn special_tokens(&self) -> &[(String, u32)] {
+        &self.specials
+    }
+
+    /// Token ids of `text` with special-token strings treated as ordinary text.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.plain
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     fn detect_adds_bos(&self) -> bool {

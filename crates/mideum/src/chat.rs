@@ -56,8 +56,8 @@ pub fn run(
             break;
         }
         messages.push(json!({"role": "user", "content": user}));
-        let rendered = m.render_chat(&serde_json::Value::Array(messages.clone()), None, true)?;
-        let prompt_ids = m.encode_prompt(&rendered)?;
+        let (_, prompt_ids) =
+            m.encode_chat(&serde_json::Value::Array(messages.clone()), None, true)?;
         let req = GenerateRequest {
             prompt_ids: prompt_ids.clone(),
             max_tokens: sampling.max_tokens,

@@ -4,6 +4,7 @@
 
 mod chat;
 mod scan;
+mod serve;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     Perplexity(PerplexityArgs),
     /// Find Korean personal data in a text and mask it.
     Scan(scan::ScanArgs),
+    /// Serve models over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -399,6 +402,7 @@ fn main() {
         Command::Render(a) => cmd_render(a),
         Command::Perplexity(a) => cmd_perplexity(a),
         Command::Scan(a) => scan::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -1,0 +1,568 @@
+//! Continuous batching. One scheduler thread owns the KV block pool; requests join between
+//! forward passes and leave as soon as they finish. Every step runs one batched forward pass
+//! over all running sequences: one token for each sequence that is generating, plus chunks of
+//! the prompts still being prefilled (chunked prefill, so a long prompt never stalls the
+//! others). The waiting queue is bounded (callers get `QueueFull` instead of memory growth), a
+//! request whose receiver is dropped (client gone) is cancelled and its blocks freed at the next
+//! step, and when the cache runs out the newest sequence is preempted and later resumed from
+//! the prefix cache.
+
+use crate::generate::{FinishReason, OutputText};
+use crate::metrics::Metrics;
+use crate::sampler::{Sampler, SamplingParams};
+use mideum_model::{BatchItem, KvPool, LoadedModel, Logits, SeqKv};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most sequences generating at once.
+    pub max_running: usize,
+    /// Most requests waiting to start; more are refused.
+    pub max_queue: usize,
+    /// Tokens per forward pass (decode tokens plus prefill chunks).
+    pub step_tokens: usize,
+    /// KV cache budget in blocks of `BLOCK_TOKENS` positions.
+    pub kv_blocks: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_running: 16,
+            max_queue: 64,
+            step_tokens: 256,
+            kv_blocks: 1024,
+        }
+    }
+}
+
+/// One generation request, already tokenized.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub prompt_ids: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    /// Return the chosen token's log-probability and this many alternatives.
+    pub logprobs: Option<usize>,
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    /// The most likely tokens at this position with their log-probabilities.
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A generated token and the text it made final (possibly empty: part of a character or
+    /// of a possible stop string is held back).
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// The end: any text still held back, why it ended, and the token counts.
+    Done {
+        text: String,
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
+    /// The request failed after it was accepted.
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the server is busy: {0} requests are already waiting")]
+    QueueFull(usize),
+    #[error("the prompt has {tokens} tokens but the context window holds {context}")]
+    PromptTooLong { tokens: usize, context: usize },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+struct Submitted {
+    req: Request,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+}
+
+/// A handle to a running scheduler; cheap to share between request handlers.
+pub struct Engine {
+    tx: mpsc::Sender<Submitted>,
+    pub metrics: Arc<Metrics>,
+    pub model: Arc<LoadedModel>,
+    pub config: EngineConfig,
+}
+
+impl Engine {
+    /// Starts the scheduler thread for `model`.
+    pub fn start(model: Arc<LoadedModel>, name: &str, config: EngineConfig) -> Engine {
+        let metrics = Arc::new(Metrics::new(name));
+        metrics
+            .kv_blocks_total
+            .store(config.kv_blocks as u64, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        let (m, met, cfg) = (model.clone(), metrics.clone(), config.clone());
+        std::thread::Builder::new()
+            .name(format!("mideum-sched-{name}"))
+            .spawn(move || Scheduler::new(m, met, cfg).run(rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start the scheduler thread: {e}"));
+        Engine {
+            tx,
+            metrics,
+            model,
+            config,
+        }
+    }
+
+    /// Queues a request; events arrive on the returned receiver. Dropping the receiver cancels
+    /// the request.
+    pub fn submit(&self, req: Request) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        let ctx = self.model.ctx_size;
+        if req.prompt_ids.is_empty() {
+            return Err(SubmitError::Invalid("the prompt is empty".into()));
+        }
+        let pool_tokens = self.config.kv_blocks * mideum_model::BLOCK_TOKENS;
+        if req.prompt_ids.len() >= ctx.min(pool_tokens) {
+            return Err(SubmitError::PromptTooLong {
+                tokens: req.prompt_ids.len(),
+                context: ctx.min(pool_tokens),
+            });
+        }
+        if let Some(&bad) = req
+            .prompt_ids
+            .iter()
+            .find(|&&t| t as usize >= self.model.model.config.vocab_size)
+        {
+            return Err(SubmitError::Invalid(format!(
+                "token id {bad} is outside the vocabulary"
+            )));
+        }
+        req.sampling.validate().map_err(SubmitError::Invalid)?;
+        let waiting = self.metrics.queue_depth.load(Ordering::Relaxed) as usize;
+        if waiting >= self.config.max_queue {
+            self.metrics
+                .requests_rejected_total
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::QueueFull(waiting));
+        }
+        let (etx, erx) = unbounded_channel();
+        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        self.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Submitted {
+                req,
+                events: etx,
+                arrived: Instant::now(),
+            })
+            .map_err(|_| SubmitError::Stopped)?;
+        Ok(erx)
+    }
+}
+
+struct Seq {
+    req: Request,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+    kv: SeqKv,
+    /// Prompt plus generated tokens: everything that must end up in the cache.
+    tokens: Vec<u32>,
+    generated: Vec<u32>,
+    sampler: Sampler,
+    out: OutputText,
+    cached_tokens: usize,
+    last_token_at: Option<Instant>,
+}
+
+struct Scheduler {
+    model: Arc<LoadedModel>,
+    metrics: Arc<Metrics>,
+    cfg: EngineConfig,
+    pool: KvPool,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+}
+
+impl Scheduler {
+    fn new(model: Arc<LoadedModel>, metrics: Arc<Metrics>, cfg: EngineConfig) -> Scheduler {
+        let pool = model.model.new_pool(cfg.kv_blocks);
+        Scheduler {
+            model,
+            metrics,
+            cfg,
+            pool,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Submitted>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(s) => self.enqueue(s),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(s) => self.enqueue(s),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected)
+                        if self.running.is_empty() && self.waiting.is_empty() =>
+                    {
+                        return
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                }
+            }
+            self.drop_cancelled();
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            } else if !self.waiting.is_empty() {
+                // Nothing can run (the cache is held elsewhere): wait briefly for a change.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.publish();
+        }
+    }
+
+    fn enqueue(&mut self, s: Submitted) {
+        let tokens = s.req.prompt_ids.clone();
+        let sampler = Sampler::new(s.req.sampling.clone());
+        let out = OutputText::new(&s.req.stop);
+        self.waiting.push_back(Seq {
+            req: s.req,
+            events: s.events,
+            arrived: s.arrived,
+            kv: SeqKv::default(),
+            tokens,
+            generated: Vec::new(),
+            sampler,
+            out,
+            cached_tokens: 0,
+            last_token_at: None,
+        });
+    }
+
+    fn publish(&self) {
+        let st = self.pool.stats();
+        let m = &self.metrics;
+        m.queue_depth
+            .store(self.waiting.len() as u64, Ordering::Relaxed);
+        m.running
+            .store(self.running.len() as u64, Ordering::Relaxed);
+        m.kv_blocks_used
+            .store(st.blocks_in_use as u64, Ordering::Relaxed);
+        m.kv_blocks_cached
+            .store(st.blocks_cached as u64, Ordering::Relaxed);
+        m.prefix_lookup_tokens
+            .store(st.prefix_lookup_tokens, Ordering::Relaxed);
+        m.prefix_hit_tokens
+            .store(st.prefix_hit_tokens, Ordering::Relaxed);
+    }
+
+    fn finish(&mut self, mut s: Seq, reason: FinishReason) {
+        let tail = s
+            .out
+            .finish(&self.model.tokenizer, reason == FinishReason::Stop)
+            .unwrap_or_default();
+        let usage = Usage {
+            prompt_tokens: s.req.prompt_ids.len(),
+            completion_tokens: s.generated.len(),
+            cached_tokens: s.cached_tokens,
+        };
+        if reason == FinishReason::Cancelled {
+            self.metrics
+                .requests_cancelled_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = s.events.send(Event::Done {
+            text: tail,
+            finish_reason: reason,
+            usage,
+        });
+        self.pool.release(&mut s.kv);
+    }
+
+    fn fail(&mut self, mut s: Seq, msg: String) {
+        let _ = s.events.send(Event::Error(msg));
+        self.pool.release(&mut s.kv);
+    }
+
+    fn drop_cancelled(&mut self) {
+        let now = Instant::now();
+        let expired = |s: &Seq| s.events.is_closed() || s.req.deadline.is_some_and(|d| now >= d);
+        let mut i = 0;
+        while i < self.running.len() {
+            if expired(&self.running[i]) {
+                let s = self.running.swap_remove(i);
+                let reason = if s.events.is_closed() {
+                    FinishReason::Cancelled
+                } else {
+                    FinishReason::Deadline
+                };
+                self.finish(s, reason);
+            } else {
+                i += 1;
+            }
+        }
+        let mut keep = VecDeque::with_capacity(self.waiting.len());
+        while let Some(s) = self.waiting.pop_front() {
+            if expired(&s) {
+                let reason = if s.events.is_closed() {
+                    FinishReason::Cancelled
+                } else {
+                    FinishReason::Deadline
+                };
+                self.finish(s, reason);
+            } else {
+                keep.push_back(s);
+            }
+        }
+        self.waiting = keep;
+    }
+
+    /// Moves waiting requests into the batch while sequences and cache blocks allow, keeping
+    /// one spare block per running sequence for its next tokens.
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.max_running {
+            let Some(mut s) = self.waiting.pop_front() else {
+                break;
+            };
+            let reused = self.pool.attach_prefix(&mut s.kv, &s.tokens);
+            if s.generated.is_empty() {
+                s.cached_tokens = reused;
+            }
+            let need = KvPool::blocks_needed(&s.kv, s.tokens.len() - reused) + 1;
+            let headroom = self.running.len();
+            if self.pool.available_blocks() < need + headroom {
+                self.pool.release(&mut s.kv);
+                if self.running.is_empty() && need > self.pool.max_blocks() {
+                    self.fail(
+                        s,
+                        "the request does not fit in the KV cache: raise --kv-cache-mb".into(),
+                    );
+                    continue;
+                }
+                self.waiting.push_front(s);
+                break;
+            }
+            self.running.push(s);
+        }
+    }
+
+    fn step(&mut self) {
+        // Plan: every sequence feeds its pending tokens; prefill chunks share the step budget.
+        let mut budget = self.cfg.step_tokens.max(self.running.len());
+        let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len()); // (index, n tokens)
+        let decoding: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].tokens.len() - self.running[i].kv.len() == 1)
+            .collect();
+        for &i in &decoding {
+            plan.push((i, 1));
+            budget -= 1;
+        }
+        for i in 0..self.running.len() {
+            let pending = self.running[i].tokens.len() - self.running[i].kv.len();
+            if pending > 1 && budget > 0 {
+                let n = pending.min(budget);
+                plan.push((i, n));
+                budget -= n;
+            }
+        }
+        // Preempt the newest sequences while the plan does not fit in the cache.
+        loop {
+            let need: usize = plan
+                .iter()
+                .map(|&(i, n)| KvPool::blocks_needed(&self.running[i].kv, n))
+                .sum();
+            if need <= self.pool.available_blocks() || self.running.len() <= 1 {
+                break;
+            }
+            let victim = self.running.len() - 1;
+            let mut s = self.running.remove(victim);
+            self.pool.release(&mut s.kv);
+            tracing::debug!(
+                "KV cache full: preempting a sequence of {} tokens",
+                s.tokens.len()
+            );
+            self.waiting.push_front(s);
+            plan.retain(|&(i, _)| i != victim);
+        }
+        plan.sort_unstable_by_key(|&(i, _)| i);
+        self.metrics
+            .last_batch_size
+            .store(plan.len() as u64, Ordering::Relaxed);
+
+        let result = {
+            let mut items: Vec<BatchItem> = Vec::with_capacity(plan.len());
+            let mut rest: &mut [Seq] = &mut self.running;
+            let mut offset = 0;
+            for &(i, n) in &plan {
+                let (_, tail) = rest.split_at_mut(i - offset);
+                let (s, tail) = tail.split_first_mut().expect("plan indices are in range");
+                let start = s.kv.len();
+                let ends_prompt = start + n == s.tokens.len();
+                items.push(BatchItem {
+                    tokens: &s.tokens[start..start + n],
+                    seq: &mut s.kv,
+                    logits: if ends_prompt {
+                        Logits::Last
+                    } else {
+                        Logits::None
+                    },
+                });
+                rest = tail;
+                offset = i + 1;
+            }
+            self.model.model.forward_batch(&mut self.pool, &mut items)
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // A failed pass leaves no partial state behind in the sequences' token lists;
+                // report it to everyone in this batch.
+                let msg = e.to_string();
+                tracing::error!("forward pass failed: {msg}");
+                for (i, _) in plan.iter().rev() {
+                    let s = self.running.remove(*i);
+                    self.fail(s, msg.clone());
+                }
+                return;
+            }
+        };
+        self.metrics.prompt_tokens_total.fetch_add(
+            plan.iter()
+                .filter(|&&(i, _)| self.running[i].generated.is_empty())
+                .map(|&(_, n)| n as u64)
+                .sum(),
+            Ordering::Relaxed,
+        );
+
+        let mut done: Vec<(usize, FinishReason)> = Vec::new();
+        for (&(i, _), mut lg) in plan.iter().zip(logits) {
+            if lg.is_empty() {
+                continue;
+            }
+            let s = &mut self.running[i];
+            let logprob = s.req.logprobs.map(|k| token_logprobs(&lg, k));
+            let id = s.sampler.sample(&mut lg, &s.tokens, &s.generated);
+            let logprob = logprob.map(|(lse, top)| TokenLogprob {
+                logprob: lg_raw(&lse, id),
+                top,
+            });
+            s.generated.push(id);
+            s.tokens.push(id);
+            let now = Instant::now();
+            match s.last_token_at {
+                None => self
+                    .metrics
+                    .ttft
+                    .observe(now.duration_since(s.arrived).as_secs_f64()),
+                Some(t) => self
+                    .metrics
+                    .inter_token
+                    .observe(now.duration_since(t).as_secs_f64()),
+            }
+            s.last_token_at = Some(now);
+            self.metrics
+                .generation_tokens_total
+                .fetch_add(1, Ordering::Relaxed);
+            if !s.req.ignore_eos && self.model.eos_ids.contains(&id) {
+                let _ = s.events.send(Event::Token {
+                    id,
+                    text: String::new(),
+                    logprob,
+                });
+                done.push((i, FinishReason::Stop));
+                continue;
+            }
+            let (piece, stopped) = match s.out.push(&self.model.tokenizer, id) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = s.events.send(Event::Error(e.to_string()));
+                    done.push((i, FinishReason::Cancelled));
+                    continue;
+                }
+            };
+            let _ = s.events.send(Event::Token {
+                id,
+                text: piece,
+                logprob,
+            });
+            if stopped {
+                done.push((i, FinishReason::Stop));
+            } else if s.generated.len() >= s.req.max_tokens || s.tokens.len() >= self.model.ctx_size
+            {
+                done.push((i, FinishReason::Length));
+            }
+        }
+        done.sort_unstable_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, reason) in done {
+            let s = self.running.remove(i);
+            self.finish(s, reason);
+        }
+    }
+}
+
+/// Log-sum-exp of the raw logits and the `k` most likely tokens with their log-probabilities.
+fn token_logprobs(logits: &[f32], k: usize) -> (LogSumExp, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    let lse = LogSumExp {
+        max,
+        ln_sum: sum.ln() as f32,
+        logits: logits.to_vec(),
+    };
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(idx.len());
+    if k > 0 {
+        idx.select_nth_unstable_by(k - 1, |&a, &b| {
+            logits[b as usize].total_cmp(&logits[a as usize])
+        });
+        idx.truncate(k);
+        idx.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    } else {
+        idx.clear();
+    }
+    let top = idx
+        .iter()
+        .map(|&i| (i, logits[i as usize] - max - lse.ln_sum))
+        .collect();
+    (lse, top)
+}
+
+struct LogSumExp {
+    max: f32,
+    ln_sum: f32,
+    logits: Vec<f32>,
+}
+
+fn lg_raw(l: &LogSumExp, id: u32) -> f32 {
+    l.logits
+        .get(id as usize)
+        .map(|&v| v - l.max - l.ln_sum)
+        .unwrap_or(f32::NEG_INFINITY)
+}

@@ -1,0 +1,307 @@
+//! `POST /v1/completions`: raw completion of a prompt given as text, token ids, or a list of
+//! either; `echo` and legacy `logprobs`.
+
+use crate::chat::template_error;
+use crate::error::{ApiError, ApiResult};
+use crate::params::{opt_bool, opt_i64, parse_common};
+use crate::stream::{collect, finish_name, merge, sse, submit_all, token_text};
+use crate::{model_field, now_secs, parse_body, AppState, ServedModel};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mideum_engine::{Event, Request, TokenLogprob};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+fn prompts(v: &Value, model: &ServedModel) -> ApiResult<Vec<Vec<u32>>> {
+    let tok = &model.engine.model.tokenizer;
+    let enc = |s: &str| -> ApiResult<Vec<u32>> {
+        let mut ids = tok.encode(s, tok.adds_bos).map_err(template_error)?;
+        if ids.is_empty() {
+            ids.extend(tok.bos_id());
+        }
+        Ok(ids)
+    };
+    let ids_of = |a: &[Value]| -> Option<Vec<u32>> {
+        a.iter()
+            .map(|x| {
+                x.as_u64()
+                    .filter(|&t| t <= u32::MAX as u64)
+                    .map(|t| t as u32)
+            })
+            .collect()
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "`prompt` must be a string, a list of token ids, or a list of those",
+            Some("prompt"),
+        )
+    };
+    let out = match v.get("prompt") {
+        Some(Value::String(s)) => vec![enc(s)?],
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(ApiError::bad_request(
+                "`prompt` must not be empty",
+                Some("prompt"),
+            ))
+        }
+        Some(Value::Array(a)) if a[0].is_number() => vec![ids_of(a).ok_or_else(bad)?],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|p| match p {
+                Value::String(s) => enc(s),
+                Value::Array(ids) => ids_of(ids).ok_or_else(bad),
+                _ => Err(bad()),
+            })
+            .collect::<ApiResult<_>>()?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "`prompt` is required",
+                Some("prompt"),
+            ))
+        }
+    };
+    if out.len() > 16 {
+        return Err(ApiError::bad_request(
+            "at most 16 prompts per request",
+            Some("prompt"),
+        ));
+    }
+    if out.iter().any(|p| p.is_empty()) {
+        return Err(ApiError::bad_request(
+            "`prompt` must not be empty",
+            Some("prompt"),
+        ));
+    }
+    Ok(out)
+}
+
+/// The legacy logprobs object for `ids` (prompt tokens in `echo` have no log-probability).
+fn legacy_logprobs(
+    model: &ServedModel,
+    prompt: &[u32],
+    ids: &[u32],
+    lps: &[Option<TokenLogprob>],
+    offset0: usize,
+) -> Value {
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top = Vec::new();
+    let mut offsets = Vec::new();
+    let mut off = offset0;
+    for &id in prompt {
+        let t = token_text(model, id);
+        offsets.push(off);
+        off += t.len();
+        tokens.push(Value::String(t));
+        token_logprobs.push(Value::Null);
+        top.push(Value::Null);
+    }
+    for (&id, lp) in ids.iter().zip(lps) {
+        let t = token_text(model, id);
+        offsets.push(off);
+        off += t.len();
+        tokens.push(Value::String(t));
+        match lp {
+            Some(lp) => {
+                token_logprobs.push(json!(lp.logprob));
+                let mut m = Map::new();
+                for &(alt, l) in &lp.top {
+                    m.insert(token_text(model, alt), json!(l));
+                }
+                top.push(Value::Object(m));
+            }
+            None => {
+                token_logprobs.push(Value::Null);
+                top.push(Value::Null);
+            }
+        }
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+}
+
+pub async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    match run(st, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
+    let v = parse_body(body)?;
+    let model = st.model(model_field(&v)?)?;
+    let lm = &model.engine.model;
+    let prompts = prompts(&v, &model)?;
+    let mut gp = parse_common(&v, &lm.generation, &["max_tokens"])?;
+    if gp.max_tokens.is_none() {
+        gp.max_tokens = Some(16); // OpenAI's default for this endpoint
+    }
+    let echo = opt_bool(&v, "echo")?.unwrap_or(false);
+    let logprobs = match opt_i64(&v, "logprobs")? {
+        None => None,
+        Some(k) if (0..=20).contains(&k) => Some(k as usize),
+        Some(k) => {
+            return Err(ApiError::bad_request(
+                format!("`logprobs` must be between 0 and 20, got {k}"),
+                Some("logprobs"),
+            ))
+        }
+    };
+    let ctx = lm.ctx_size;
+    let mut reqs = Vec::new();
+    for p in &prompts {
+        if p.len() >= ctx {
+            return Err(
+                crate::submit_error(mideum_engine::SubmitError::PromptTooLong {
+                    tokens: p.len(),
+                    context: ctx,
+                })
+                .with_param("prompt"),
+            );
+        }
+        let max_tokens = gp.max_tokens.unwrap_or(16).min(ctx - p.len());
+        for i in 0..gp.n {
+            let mut sampling = gp.sampling.clone();
+            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+            reqs.push(Request {
+                prompt_ids: p.clone(),
+                max_tokens,
+                sampling,
+                stop: gp.stop.clone(),
+                ignore_eos: gp.ignore_eos,
+                logprobs,
+                deadline: st.deadline(),
+            });
+        }
+    }
+    let prompt_of: Vec<usize> = (0..reqs.len()).map(|k| k / gp.n).collect();
+    let rxs = submit_all(&model, reqs)?;
+    let id = st.new_id("cmpl");
+    let created = now_secs();
+    // Echo gives back the prompt as sent; token-id prompts are decoded.
+    let given: Vec<Option<String>> = match v.get("prompt") {
+        Some(Value::String(s)) => vec![Some(s.clone())],
+        Some(Value::Array(a)) if !a.is_empty() && !a[0].is_number() => {
+            a.iter().map(|p| p.as_str().map(str::to_string)).collect()
+        }
+        _ => vec![None],
+    };
+    let prompt_text: Vec<String> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            given
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| lm.tokenizer.decode_lenient(p, false).unwrap_or_default())
+        })
+        .collect();
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    if !gp.stream {
+        let mut choices = Vec::new();
+        let mut completion_tokens = 0;
+        let mut cached = 0;
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let c = collect(rx).await?;
+            completion_tokens += c.usage.completion_tokens;
+            cached += c.usage.cached_tokens;
+            let pi = prompt_of[i];
+            let text = if echo {
+                format!("{}{}", prompt_text[pi], c.text)
+            } else {
+                c.text.clone()
+            };
+            let lp = logprobs.map(|_| {
+                legacy_logprobs(
+                    &model,
+                    if echo { &prompts[pi] } else { &[] },
+                    &c.ids,
+                    &c.logprobs,
+                    0,
+                )
+            });
+            choices.push(json!({"text": text, "index": i, "logprobs": lp, "finish_reason": finish_name(c.finish)}));
+        }
+        return Ok(Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": model.name, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens,
+                      "prompt_tokens_details": {"cached_tokens": cached}},
+        }))
+        .into_response());
+    }
+    let include_usage = gp.include_usage;
+    let name = model.name.clone();
+    let chunk = move |choices: Value, usage: Value| -> String {
+        let mut c = json!({"id": id, "object": "text_completion", "created": created, "model": name, "choices": choices});
+        if include_usage {
+            c["usage"] = usage;
+        }
+        c.to_string()
+    };
+    let mut started = vec![false; prompt_of.len()];
+    let mut completion_tokens = 0;
+    let mut cached = 0;
+    let model2 = model.clone();
+    let on_event = move |ev: Option<(usize, Event)>| -> Vec<String> {
+        let mut out = Vec::new();
+        let Some((i, ev)) = ev else {
+            if include_usage {
+                out.push(chunk(json!([]), json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}})));
+            }
+            return out;
+        };
+        let one = |text: String, lp: Value, finish: Value| {
+            chunk(
+                json!([{"text": text, "index": i, "logprobs": lp, "finish_reason": finish}]),
+                Value::Null,
+            )
+        };
+        if !started[i] {
+            started[i] = true;
+            if echo {
+                let pi = prompt_of[i];
+                let lp = if logprobs.is_some() {
+                    legacy_logprobs(&model2, &prompts[pi], &[], &[], 0)
+                } else {
+                    Value::Null
+                };
+                out.push(one(prompt_text[pi].clone(), lp, Value::Null));
+            }
+        }
+        match ev {
+            Event::Token {
+                id: tid,
+                text,
+                logprob,
+            } => {
+                let lp = if logprobs.is_some() {
+                    legacy_logprobs(&model2, &[], &[tid], &[logprob], 0)
+                } else {
+                    Value::Null
+                };
+                if !text.is_empty() || logprobs.is_some() {
+                    out.push(one(text, lp, Value::Null));
+                }
+            }
+            Event::Done {
+                text,
+                finish_reason,
+                usage,
+            } => {
+                completion_tokens += usage.completion_tokens;
+                cached += usage.cached_tokens;
+                out.push(one(text, Value::Null, json!(finish_name(finish_reason))));
+            }
+            Event::Error(e) => out.push(
+                ApiError::internal(format!("generation failed: {e}"))
+                    .body()
+                    .to_string(),
+            ),
+        }
+        out
+    };
+    Ok(sse(merge(rxs), on_event))
+}

@@ -1,0 +1,148 @@
+//! `mideum serve`: loads one or more models, starts a continuous-batching engine for each, and
+//! serves the OpenAI-compatible HTTP API.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use mideum_engine::{Engine, EngineConfig};
+use mideum_gateway::{AppState, ServedModel};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A model to serve, as PATH or NAME=PATH (repeatable). The name defaults to the
+    /// directory or file name.
+    #[arg(long = "model", short = 'm', required = true)]
+    pub models: Vec<String>,
+    /// Another name for a served model, as ALIAS=NAME (repeatable).
+    #[arg(long = "alias")]
+    pub aliases: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Threads for each model's forward pass (default: all cores).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+    /// Context window per sequence (default: the model's).
+    #[arg(long)]
+    pub ctx_size: Option<usize>,
+    /// KV cache budget per model in MiB (default: a quarter of physical memory).
+    #[arg(long)]
+    pub kv_cache_mb: Option<usize>,
+    /// Most sequences generated at once per model.
+    #[arg(long, default_value_t = 16)]
+    pub max_running: usize,
+    /// Most requests waiting per model; more are answered 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Tokens per forward pass (decode tokens plus prefill chunks).
+    #[arg(long, default_value_t = 256)]
+    pub step_tokens: usize,
+    /// Seconds a request may run before it is ended (0 = no limit).
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout: u64,
+}
+
+fn physical_memory_mb() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+pub fn run(a: &ServeArgs) -> Result<()> {
+    if a.max_running == 0 || a.max_queue == 0 || a.step_tokens == 0 {
+        bail!("--max-running, --max-queue and --step-tokens must be at least 1");
+    }
+    let timeout = (a.request_timeout > 0).then(|| Duration::from_secs(a.request_timeout));
+    let mut state = AppState::new(timeout);
+    let kv_mb = a
+        .kv_cache_mb
+        .unwrap_or_else(|| (physical_memory_mb().unwrap_or(8192) / 4).max(512));
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for spec in &a.models {
+        let (name, path) = match spec.split_once('=') {
+            Some((n, p)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(p)),
+            _ => {
+                let p = PathBuf::from(spec);
+                let n = p
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("model")
+                    .to_string();
+                (n, p)
+            }
+        };
+        let m = crate::load_model(&path, a.threads, a.ctx_size)?;
+        let block_bytes = m.model.kv_block_bytes();
+        let kv_blocks = (kv_mb * 1024 * 1024 / block_bytes).max(2);
+        let cfg = EngineConfig {
+            max_running: a.max_running,
+            max_queue: a.max_queue,
+            step_tokens: a.step_tokens,
+            kv_blocks,
+        };
+        eprintln!(
+            "loaded {name} from {} (context {} tokens, KV budget {} MiB = {} tokens)",
+            path.display(),
+            m.ctx_size,
+            kv_mb,
+            kv_blocks * mideum_model::BLOCK_TOKENS
+        );
+        let engine = Arc::new(Engine::start(Arc::new(m), &name, cfg));
+        let aliases: Vec<String> = a
+            .aliases
+            .iter()
+            .filter_map(|s| s.split_once('='))
+            .filter(|(_, target)| *target == name)
+            .map(|(alias, _)| alias.to_string())
+            .collect();
+        state
+            .add(
+                ServedModel {
+                    name,
+                    engine,
+                    created,
+                },
+                &aliases,
+            )
+            .map_err(anyhow::Error::msg)?;
+    }
+    for s in &a.aliases {
+        let Some((alias, target)) = s.split_once('=') else {
+            bail!("--alias must look like ALIAS=NAME, got {s:?}")
+        };
+        if alias.is_empty()
+            || !a.models.iter().any(|m| {
+                m.starts_with(&format!("{target}="))
+                    || PathBuf::from(m).file_stem().and_then(|x| x.to_str()) == Some(target)
+            })
+        {
+            bail!("--alias {s:?}: no served model is named {target:?}");
+        }
+    }
+    let state = Arc::new(state);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!(
+            "mideum serving on http://{}",
+            listener.local_addr().map(|x| x.to_string()).unwrap_or(addr)
+        );
+        mideum_gateway::serve(listener, state)
+            .await
+            .context("server error")
+    })
+}
