@@ -170,3 +170,27 @@ def test_chat_logprobs(client, mini):
     joined = "".join(t.token for t in lp.content)
     if "\ufffd" not in joined:
         assert joined == r.choices[0].message.content
+
+
+def test_prefix_cache_shared_system_prompt(server, client, mini):
+    """A new conversation behind the same system prompt reuses the cached prefix: reported in
+    usage.prompt_tokens_details.cached_tokens and in mideum_prefix_cache_hit_tokens_total."""
+    from conftest import parse_metrics
+
+    def hits():
+        _, body = server.get("/metrics")
+        return sum(v for lbl, v in parse_metrics(body).get("mideum_prefix_cache_hit_tokens_total", [])
+                   if lbl.get("model") in (None, mini))
+
+    system = {"role": "system", "content": "당신은 회계 부서의 도우미입니다. 숫자는 정확히 쓰세요. " * 3}
+    first = client.chat.completions.create(
+        model=mini, messages=[system, {"role": "user", "content": "첫 질문입니다"}], max_tokens=2, temperature=0)
+    h0 = hits()
+    second = client.chat.completions.create(
+        model=mini, messages=[system, {"role": "user", "content": "전혀 다른 질문"}], max_tokens=2, temperature=0)
+    gained = hits() - h0
+    cached = second.usage.prompt_tokens_details.cached_tokens if second.usage.prompt_tokens_details else None
+    # The system part is most of the prompt; block granularity may leave the tail uncached.
+    assert cached is not None and cached >= first.usage.prompt_tokens // 2, (cached, first.usage.prompt_tokens)
+    assert cached < second.usage.prompt_tokens, "the whole prompt cannot be cached: the user turn is new"
+    assert gained >= cached // 2, (gained, cached)

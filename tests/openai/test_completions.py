@@ -65,8 +65,10 @@ def test_completion_echo_logprobs(client, mini):
     # Greedy: every generated token is the best alternative.
     for i in range(n_prompt, n):
         assert lp.token_logprobs[i] == pytest.approx(max(lp.top_logprobs[i].values()), abs=1e-4)
+    # text_offset: where each token starts in the returned text, in characters.
     offs = lp.text_offset
-    assert offs == sorted(offs) and offs[-1] < len(c.text) + 1
+    assert offs == sorted(offs), offs
+    assert all(0 <= o <= len(c.text) for o in offs), (offs, len(c.text))
 
 
 def test_completion_logprobs_without_echo(client, mini):

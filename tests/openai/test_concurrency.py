@@ -56,6 +56,7 @@ def test_16_concurrent_streams_equal_each_alone(client, aclient, mini):
 
 def test_client_disconnect_frees_sequence(server, client, gguf):
     cancelled0 = _metric(server, "mideum_requests_cancelled_total", gguf)
+    generated0 = _metric(server, "mideum_generation_tokens_total", gguf)
     # A long generation (most of tiny-bf16's 512-token window) read for one chunk, then dropped.
     stream = client.completions.create(
         model=gguf, prompt="안녕", max_tokens=480, temperature=0, stream=True, extra_body=NO_EOS
@@ -76,13 +77,20 @@ def test_client_disconnect_frees_sequence(server, client, gguf):
         while time.monotonic() < deadline and _metric(server, "mideum_requests_cancelled_total", gguf) <= cancelled0:
             time.sleep(0.05)
         assert _metric(server, "mideum_requests_cancelled_total", gguf) == cancelled0 + 1
+        # ... and it stopped generating: far fewer than the 480 tokens asked for.
+        assert _metric(server, "mideum_generation_tokens_total", gguf) - generated0 < 480
     # The server still answers.
     r = client.chat.completions.create(model=gguf, messages=[{"role": "user", "content": "안녕"}], max_tokens=2)
     assert r.choices
 
 
 @pytest.fixture(scope="module")
-def small_server():
+def small_server(small_server_proc):
+    return small_server_proc[0]
+
+
+@pytest.fixture(scope="module")
+def small_server_proc():
     """A second server with one running sequence and one queue slot, so that a burst fills it."""
     args = shlex.split(os.environ.get("MIDEUM_SMALL_QUEUE_ARGS", "--max-running 1 --max-queue 1"))
     port = _free_port()
@@ -111,7 +119,7 @@ def small_server():
                 if time.monotonic() > deadline:
                     pytest.fail("small server not ready")
                 time.sleep(0.1)
-            yield base
+            yield base, proc
         finally:
             proc.terminate()
             try:
@@ -146,7 +154,52 @@ def test_full_queue_answers_429(small_server):
     assert "error" not in kinds, results
     assert kinds.count("ok") >= 1
     assert kinds.count("429") >= 1, f"8 requests at once on 1 running + 1 queued slot, none refused: {kinds}"
-    resp = next(r for k, r in results if k == "429")
+    _check_429(next(r for k, r in results if k == "429"))
+
+
+def _check_429(resp):
     assert resp.headers.get("retry-after"), "429 without Retry-After"
     body = resp.json()
     assert "error" in body and {"message", "type", "param", "code"} <= set(body["error"])
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_rejected_burst_keeps_rss_bounded(small_server_proc):
+    """200 requests against a full queue: all beyond the slots are refused with 429 and the
+    server's memory does not grow with them."""
+    base, proc = small_server_proc
+    c = openai.OpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0, timeout=60)
+    model = c.models.list().data[0].id
+    before = _rss_kb(proc.pid)
+    big = "가나다라마바사" * 20
+
+    async def burst():
+        ac = openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0, timeout=60)
+
+        async def one(i):
+            try:
+                await ac.completions.create(model=model, prompt=f"{i} {big}"[:100], max_tokens=200,
+                                            temperature=0, extra_body=NO_EOS)
+                return "ok"
+            except openai.RateLimitError:
+                return "429"
+            except openai.BadRequestError:
+                return "400"
+
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(200))), timeout=120)
+        finally:
+            await ac.close()
+
+    kinds = asyncio.run(burst())
+    assert kinds.count("429") >= 100, {k: kinds.count(k) for k in set(kinds)}
+    after = _rss_kb(proc.pid)
+    assert after - before < 64 * 1024, f"RSS grew by {(after - before) // 1024} MiB over a refused burst"
