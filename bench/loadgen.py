@@ -6,7 +6,9 @@ For each concurrency level (default 1, 4, 8, 16) it keeps that many streaming re
 flight (closed loop) until --requests-per-level have finished, every request asking for exactly
 --max-tokens output tokens ("ignore_eos": true, which mideum and llama-server accept), and
 reports aggregate output tokens/s, time to first token (TTFT) and inter-token latency (ITL)
-p50/p99, and per-stream decode speed.
+p50/p99, and per-stream decode speed. ITL is the gap between stream chunks that carry text; a server
+that holds text back (an unfinished UTF-8 character, a possible stop string) sends several
+tokens in one chunk, which the tok/chunk column shows.
 
 Every prompt starts with the same system prompt (a Korean text of about --prefix-tokens
 tokens, as Mi:dm's template puts one in front of every conversation), then a distinct user
@@ -179,7 +181,14 @@ async def calibrate_prefix(cl: Client, target_tokens: int) -> int:
     tag = f"calib-{random.randrange(10**9)}"
     base = await cl.prompt_tokens(make_prefix(0, tag), USER_TOPICS[0])
     k = 16
-    with_k = await cl.prompt_tokens(make_prefix(k, tag), USER_TOPICS[0])
+    while True:  # at most 5 tries: 16, 8, 4, 2, 1 sentences (a small context may refuse 16)
+        try:
+            with_k = await cl.prompt_tokens(make_prefix(k, tag), USER_TOPICS[0])
+            break
+        except RuntimeError:
+            if k == 1:
+                raise
+            k //= 2
     per = max((with_k - base) / k, 1e-3)
     return max(1, round(target_tokens / per))
 
@@ -256,10 +265,11 @@ def print_report(rep: dict) -> None:
               f"{fmt(p['warm_ttft_median_s'])} s over {len(p['warm_ttft_s'])} new conversations"
               + (f"  (cold error: {p['cold_error']})" if p.get("cold_error") else ""))
     hdr = ["conc", "reqs", "err", "out tok", "wall s", "agg tok/s", "TTFT p50", "TTFT p99",
-           "ITL p50 ms", "ITL p99 ms", "stream tok/s"]
+           "ITL p50 ms", "ITL p99 ms", "stream tok/s", "tok/chunk"]
     rows = [[str(l["concurrency"]), str(l["requests"]), str(l["errors"]), str(l["output_tokens"]),
              fmt(l["wall_s"], nd=1), fmt(l["agg_tok_s"]), fmt(l["ttft_p50_s"]), fmt(l["ttft_p99_s"]),
-             fmt(l["itl_p50_s"], 1000, 1), fmt(l["itl_p99_s"], 1000, 1), fmt(l["stream_tok_s_median"])]
+             fmt(l["itl_p50_s"], 1000, 1), fmt(l["itl_p99_s"], 1000, 1), fmt(l["stream_tok_s_median"]),
+             fmt(l["tokens_per_chunk"])]
             for l in rep["levels"]]
     w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(hdr)] if rows else [len(h) for h in hdr]
     print("| " + " | ".join(h.rjust(w[i]) for i, h in enumerate(hdr)) + " |")
