@@ -194,3 +194,15 @@ def test_prefix_cache_shared_system_prompt(server, client, mini):
     assert cached is not None and cached >= first.usage.prompt_tokens // 2, (cached, first.usage.prompt_tokens)
     assert cached < second.usage.prompt_tokens, "the whole prompt cannot be cached: the user turn is new"
     assert gained >= cached // 2, (gained, cached)
+
+
+def test_chat_logprobs_streaming(client, mini):
+    kw = dict(model=mini, messages=HELLO, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2, extra_body=NO_EOS)
+    full = client.chat.completions.create(**kw).choices[0].logprobs.content
+    streamed = []
+    for ch in client.chat.completions.create(stream=True, **kw):
+        for c in ch.choices:
+            if c.logprobs and c.logprobs.content:
+                streamed.extend(c.logprobs.content)
+    assert [t.token for t in streamed] == [t.token for t in full]
+    assert [round(t.logprob, 4) for t in streamed] == [round(t.logprob, 4) for t in full]
