@@ -40,23 +40,24 @@ fn normalize_messages(v: &Value) -> ApiResult<Value> {
         let obj = m.as_object().ok_or_else(|| {
             ApiError::bad_request(format!("{param} must be an object"), Some(&param))
         })?;
-        let role =
-            match obj.get("role").and_then(|r| r.as_str()) {
-                Some("developer") => "system",
-                Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
-                Some(r) => return Err(ApiError::bad_request(
+        let role = match obj.get("role").and_then(|r| r.as_str()) {
+            Some("developer") => "system",
+            Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
+            Some(r) => {
+                return Err(ApiError::bad_request(
                     format!(
                         "{param}.role {r:?} is not one of system, developer, user, assistant, tool"
                     ),
                     Some(&param),
-                )),
-                None => {
-                    return Err(ApiError::bad_request(
-                        format!("{param}.role is required"),
-                        Some(&param),
-                    ))
-                }
-            };
+                ))
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    format!("{param}.role is required"),
+                    Some(&param),
+                ))
+            }
+        };
         let content = match obj.get("content") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),

@@ -32,12 +32,10 @@ fn uses_plane(v: &Value, base: u32) -> bool {
 fn defang(v: &mut Value, specials: &[(String, u32)], base: u32) {
     match v {
         Value::String(s) => {
-            if specials.iter().any(|(t, _)| s.contains(t.as_str())) {
-                for (k, (t, _)) in specials.iter().enumerate() {
-                    if s.contains(t.as_str()) {
-                        let c = char::from_u32(base + k as u32).unwrap_or('\u{FFFD}');
-                        *s = s.replace(t.as_str(), &c.to_string());
-                    }
+            for (k, (t, _)) in specials.iter().enumerate() {
+                if s.contains(t.as_str()) {
+                    let c = char::from_u32(base + k as u32).unwrap_or('\u{FFFD}');
+                    *s = s.replace(t.as_str(), &c.to_string());
                 }
             }
         }
