@@ -11,7 +11,7 @@
 #   MIDEUM_BIN     target/release/mideum (built with `cargo build --release -p mideum` if absent)
 #   MIDEUM_ARGS    extra `mideum serve` arguments
 #   THREADS=2  CONCURRENCY="1 4 8 16"  MAX_TOKENS=64  PREFIX_TOKENS=1000
-#   REQUESTS       requests per level (default: 2 x concurrency)
+#   ROUNDS=2       requests per level = ROUNDS x concurrency (REQUESTS: a fixed number instead)
 #   SLOT_CTX=2048  llama-server context per slot (-c = SLOT_CTX x -np)
 #   ONLY           "llama" or "mideum" to run one side
 #   LOADGEN_PY     python with aiohttp (default: target/loadgen-venv/bin/python, created from
@@ -79,7 +79,7 @@ wait_ready() {
 loadgen() {
     local url="$1" json="$2" conc="$3" probe="$4"; shift 4
     local req="${REQUESTS:-}"
-    local reqargs=()
+    local reqargs=(--rounds "${ROUNDS:-2}")
     [ -n "$req" ] && reqargs=(--requests-per-level "$req")
     timeout "$LEVEL_TIMEOUT_S" "$LOADGEN_PY" bench/loadgen.py --url "$url" --concurrency "$conc" \
         --max-tokens "$MAX_TOKENS" --prefix-tokens "$PREFIX_TOKENS" --prefix-probe "$probe" \
@@ -97,7 +97,7 @@ if [ "$ONLY" != "mideum" ]; then
             -np "$c" -c $((SLOT_CTX * c)) --no-webui >"$log" 2>&1 &
         SERVER_PID=$!
         wait_ready "http://127.0.0.1:$port" /health "$log"
-        probe=0; [ "$first" = 1 ] && probe=3
+        probe=0; [ "$first" = 1 ] && [ "$PREFIX_TOKENS" -gt 0 ] && probe=3
         loadgen "http://127.0.0.1:$port" "$OUT/llama-c$c.json" "$c" "$probe" \
             | tee "$OUT/llama-c$c.txt"
         stop_server
@@ -117,7 +117,8 @@ if [ "$ONLY" != "llama" ]; then
     "$MIDEUM_BIN" serve --model "$GGUF" --host 127.0.0.1 --port "$port" -t "$THREADS" ${MIDEUM_ARGS:-} >"$log" 2>&1 &
     SERVER_PID=$!
     wait_ready "http://127.0.0.1:$port" /ready "$log"
-    loadgen "http://127.0.0.1:$port" "$OUT/mideum.json" "$(echo $CONCURRENCY | tr ' ' ,)" 3 | tee "$OUT/mideum.txt"
+    probe=0; [ "$PREFIX_TOKENS" -gt 0 ] && probe=3
+    loadgen "http://127.0.0.1:$port" "$OUT/mideum.json" "$(echo $CONCURRENCY | tr ' ' ,)" "$probe" | tee "$OUT/mideum.txt"
     stop_server
 fi
 

@@ -304,7 +304,7 @@ async def main_async(args) -> dict:
         elif system:
             rep["prefix_prompt_tokens"] = await cl.prompt_tokens(system, USER_TOPICS[0])
         for conc in args.concurrency:
-            n = args.requests_per_level or max(2 * conc, 4)
+            n = args.requests_per_level or max(args.rounds * conc, args.rounds)
             n = min(n, MAX_REQUESTS_PER_LEVEL)
             if args.warmup:
                 await cl.stream(system, "준비 요청입니다.")
@@ -321,7 +321,9 @@ def parse_args(argv=None):
     ap.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     ap.add_argument("--concurrency", default="1,4,8,16", help="comma-separated levels (default 1,4,8,16)")
     ap.add_argument("--requests-per-level", type=int, default=0,
-                    help="requests per level (default: 2 x concurrency, at least 4)")
+                    help="requests per level (default: --rounds x concurrency)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="requests per level as a multiple of the concurrency (default 2)")
     ap.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (default 64)")
     ap.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
                     help="do not send ignore_eos (then outputs may be shorter than --max-tokens)")
