@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mideum_engine::{Event, FinishReason, Request, TokenLogprob};
+use mideum_engine::{Event, FinishReason, TokenLogprob};
 use mideum_model::ModelError;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -207,21 +207,12 @@ async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
         Some(m) => m,
         None => room,
     };
-    let reqs: Vec<Request> = (0..gp.n)
-        .map(|i| {
-            let mut sampling = gp.sampling.clone();
-            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
-            Request {
-                prompt_ids: prompt_ids.clone(),
-                max_tokens,
-                sampling,
-                stop: gp.stop.clone(),
-                ignore_eos: gp.ignore_eos,
-                logprobs: want_logprobs.then_some(top),
-                deadline: st.deadline(),
-            }
-        })
-        .collect();
+    let reqs = gp.requests(
+        &prompt_ids,
+        max_tokens,
+        want_logprobs.then_some(top),
+        st.deadline(),
+    );
     let rxs = submit_all(&model, reqs)?;
     let id = st.new_id("chatcmpl");
     let created = now_secs();

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mideum_engine::{Event, Request, TokenLogprob};
+use mideum_engine::{Event, TokenLogprob};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -161,19 +161,7 @@ async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
             );
         }
         let max_tokens = gp.max_tokens.unwrap_or(16).min(ctx - p.len());
-        for i in 0..gp.n {
-            let mut sampling = gp.sampling.clone();
-            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
-            reqs.push(Request {
-                prompt_ids: p.clone(),
-                max_tokens,
-                sampling,
-                stop: gp.stop.clone(),
-                ignore_eos: gp.ignore_eos,
-                logprobs,
-                deadline: st.deadline(),
-            });
-        }
+        reqs.extend(gp.requests(p, max_tokens, logprobs, st.deadline()));
     }
     let prompt_of: Vec<usize> = (0..reqs.len()).map(|k| k / gp.n).collect();
     let rxs = submit_all(&model, reqs)?;

@@ -51,6 +51,33 @@ pub struct GenParams {
     pub ignore_eos: bool,
 }
 
+impl GenParams {
+    /// The `n` engine requests for one prompt; choice `i` samples with seed `seed + i`.
+    pub fn requests(
+        &self,
+        prompt_ids: &[u32],
+        max_tokens: usize,
+        logprobs: Option<usize>,
+        deadline: Option<std::time::Instant>,
+    ) -> Vec<mideum_engine::Request> {
+        (0..self.n)
+            .map(|i| {
+                let mut sampling = self.sampling.clone();
+                sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+                mideum_engine::Request {
+                    prompt_ids: prompt_ids.to_vec(),
+                    max_tokens,
+                    sampling,
+                    stop: self.stop.clone(),
+                    ignore_eos: self.ignore_eos,
+                    logprobs,
+                    deadline,
+                }
+            })
+            .collect()
+    }
+}
+
 pub fn parse_common(
     v: &Value,
     defaults: &GenerationDefaults,
