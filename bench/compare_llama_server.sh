@@ -10,6 +10,10 @@
 #   LLAMA_SERVER   /work/peers/llama.cpp/build/bin/llama-server  (built outside this repo)
 #   MIDEUM_BIN     target/release/mideum (built with `cargo build --release -p mideum` if absent)
 #   MIDEUM_ARGS    extra `mideum serve` arguments
+#   LLAMA_ARGS     extra llama-server arguments (its Jinja engine cannot parse the test
+#                  tokenizer's template: use "--no-jinja --chat-template llama3" for chat)
+#   LOADGEN_ARGS   extra loadgen arguments, e.g. "--endpoint completions" (the same prompt text
+#                  on both servers, no chat template involved)
 #   THREADS=2  CONCURRENCY="1 4 8 16"  MAX_TOKENS=64  PREFIX_TOKENS=1000
 #   ROUNDS=2       requests per level = ROUNDS x concurrency (REQUESTS: a fixed number instead)
 #   SLOT_CTX=2048  llama-server context per slot (-c = SLOT_CTX x -np)
@@ -83,7 +87,7 @@ loadgen() {
     [ -n "$req" ] && reqargs=(--requests-per-level "$req")
     timeout "$LEVEL_TIMEOUT_S" "$LOADGEN_PY" bench/loadgen.py --url "$url" --concurrency "$conc" \
         --max-tokens "$MAX_TOKENS" --prefix-tokens "$PREFIX_TOKENS" --prefix-probe "$probe" \
-        "${reqargs[@]}" --json "$json" "$@"
+        "${reqargs[@]}" --json "$json" ${LOADGEN_ARGS:-} "$@"
 }
 
 if [ "$ONLY" != "mideum" ]; then
@@ -94,7 +98,7 @@ if [ "$ONLY" != "mideum" ]; then
         log="$OUT/llama-server-np$c.log"
         echo "== llama-server -np $c -t $THREADS on 127.0.0.1:$port" >&2
         "$LLAMA_SERVER" -m "$GGUF" --host 127.0.0.1 --port "$port" -t "$THREADS" -tb "$THREADS" \
-            -np "$c" -c $((SLOT_CTX * c)) --no-webui >"$log" 2>&1 &
+            -np "$c" -c $((SLOT_CTX * c)) --no-webui ${LLAMA_ARGS:-} >"$log" 2>&1 &
         SERVER_PID=$!
         wait_ready "http://127.0.0.1:$port" /health "$log"
         probe=0; [ "$first" = 1 ] && [ "$PREFIX_TOKENS" -gt 0 ] && probe=3
