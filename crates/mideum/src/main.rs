@@ -3,6 +3,7 @@
 //! `--json`). Errors go to stderr with a non-zero exit code.
 
 mod chat;
+mod models;
 mod scan;
 mod serve;
 
@@ -23,6 +24,9 @@ use std::path::{Path, PathBuf};
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
+    /// Never use the network: hub references must already be in the store.
+    #[arg(long, global = true)]
+    offline: bool,
 }
 
 #[derive(Subcommand)]
@@ -43,11 +47,23 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Serve models over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Download a model from the hub (or a mirror) into the local store.
+    Pull(models::PullArgs),
+    /// Models in the local store.
+    List(models::ListArgs),
+    /// Remove a model from the local store.
+    Rm(models::RmArgs),
+    /// Architecture, parameters, context length, chat template and license of a model.
+    Show(models::ShowArgs),
+    /// Register a model directory or .gguf (e.g. from removable media) in the store.
+    Import(models::ImportArgs),
+    /// Write a manifest (names, sizes, SHA-256) of a model's files.
+    Export(models::ExportArgs),
 }
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A Hugging Face model directory or a .gguf file.
+    /// A model directory, a .gguf file, ORG/NAME[@REV] or an alias (midm-mini).
     #[arg(long = "model", short = 'm')]
     pub model: PathBuf,
     /// Threads for the forward pass (default: all cores).
@@ -68,6 +84,7 @@ pub fn load_model(path: &Path, threads: usize, ctx_size: Option<usize>) -> Resul
     if ctx_size == Some(0) {
         bail!("--ctx-size must be at least 1");
     }
+    let path = &models::resolve(path)?;
     tracing::info!(path = %path.display(), "loading model");
     LoadedModel::load(path, &LoadOptions { threads, ctx_size })
         .with_context(|| format!("cannot load model {}", path.display()))
@@ -128,7 +145,7 @@ impl SamplingArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A Hugging Face model directory or a .gguf file.
+    /// A model directory, a .gguf file, ORG/NAME[@REV] or an alias (midm-mini).
     model: PathBuf,
     /// Answer this one message and exit.
     #[arg(long, short = 'p')]
@@ -303,7 +320,7 @@ fn cmd_generate(a: &GenerateArgs) -> Result<()> {
 }
 
 fn cmd_tokenize(a: &TokenizeArgs) -> Result<()> {
-    let assets = TextAssets::load(&a.model)
+    let assets = TextAssets::load(&models::resolve(&a.model)?)
         .with_context(|| format!("cannot load the tokenizer of {}", a.model.display()))?;
     let text = match (&a.text, &a.file) {
         (Some(t), _) => t.clone(),
@@ -326,7 +343,7 @@ fn cmd_tokenize(a: &TokenizeArgs) -> Result<()> {
 }
 
 fn cmd_detokenize(a: &DetokenizeArgs) -> Result<()> {
-    let assets = TextAssets::load(&a.model)
+    let assets = TextAssets::load(&models::resolve(&a.model)?)
         .with_context(|| format!("cannot load the tokenizer of {}", a.model.display()))?;
     let ids = parse_ids(&a.ids)?;
     let text = assets.tokenizer.decode(&ids, a.skip_special)?;
@@ -339,7 +356,7 @@ fn cmd_detokenize(a: &DetokenizeArgs) -> Result<()> {
 }
 
 fn cmd_render(a: &RenderArgs) -> Result<()> {
-    let assets = TextAssets::load(&a.model)
+    let assets = TextAssets::load(&models::resolve(&a.model)?)
         .with_context(|| format!("cannot load the tokenizer of {}", a.model.display()))?;
     let messages = read_json_file(&a.messages)?;
     let tools = a.tools.as_deref().map(read_json_file).transpose()?;
@@ -386,6 +403,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    models::set_offline(cli.offline);
     let r = match &cli.cmd {
         Command::Run(a) => chat::run(
             a.model.as_path(),
@@ -403,6 +421,12 @@ fn main() {
         Command::Perplexity(a) => cmd_perplexity(a),
         Command::Scan(a) => scan::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Pull(a) => models::run_pull(a),
+        Command::List(a) => models::run_list(a),
+        Command::Rm(a) => models::run_rm(a),
+        Command::Show(a) => models::run_show(a),
+        Command::Import(a) => models::run_import(a),
+        Command::Export(a) => models::run_export(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
