@@ -10,4 +10,6 @@ pub mod scheduler;
 pub use generate::{generate, score, FinishReason, GenerateOutput, GenerateRequest, Session};
 pub use metrics::{render_all, Metrics};
 pub use sampler::{Sampler, SamplingParams};
-pub use scheduler::{Engine, EngineConfig, Event, Request, SubmitError, TokenLogprob, Usage};
+pub use scheduler::{
+    logprob_of, Engine, EngineConfig, Event, Request, SubmitError, TokenLogprob, Usage,
+};

@@ -527,6 +527,15 @@ impl Scheduler {
     }
 }
 
+/// The log-probability of `id` under `logits` and the `k` most likely tokens.
+pub fn logprob_of(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
+    let (lse, top) = token_logprobs(logits, k);
+    TokenLogprob {
+        logprob: lg_raw(&lse, id),
+        top,
+    }
+}
+
 /// Log-sum-exp of the raw logits and the `k` most likely tokens with their log-probabilities.
 fn token_logprobs(logits: &[f32], k: usize) -> (LogSumExp, Vec<(u32, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);

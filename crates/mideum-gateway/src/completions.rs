@@ -77,32 +77,58 @@ fn prompts(v: &Value, model: &ServedModel) -> ApiResult<Vec<Vec<u32>>> {
     Ok(out)
 }
 
-/// The legacy logprobs object for `ids` (prompt tokens in `echo` have no log-probability).
+/// Log-probabilities of every prompt token after the first (the first has none), computed with
+/// one forward pass over the prompt on a private cache.
+async fn prompt_logprobs(
+    model: &Arc<ServedModel>,
+    prompt: &[u32],
+    k: usize,
+) -> ApiResult<Vec<Option<TokenLogprob>>> {
+    let m = model.clone();
+    let ids = prompt.to_vec();
+    tokio::task::spawn_blocking(move || -> ApiResult<Vec<Option<TokenLogprob>>> {
+        let lm = &m.engine.model;
+        let vocab = lm.model.config.vocab_size;
+        let mut cache = lm.new_cache();
+        let logits = lm
+            .model
+            .forward(&ids, &mut cache, mideum_model::Logits::All)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut out = vec![None];
+        for i in 1..ids.len() {
+            out.push(Some(mideum_engine::logprob_of(
+                &logits[(i - 1) * vocab..i * vocab],
+                ids[i],
+                k,
+            )));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+/// The legacy logprobs object: tokens, their log-probabilities, the top alternatives, and each
+/// token's offset in characters into the returned text (special tokens such as BOS take none).
 fn legacy_logprobs(
     model: &ServedModel,
-    prompt: &[u32],
     ids: &[u32],
     lps: &[Option<TokenLogprob>],
     offset0: usize,
 ) -> Value {
+    let tok = &model.engine.model.tokenizer;
     let mut tokens = Vec::new();
     let mut token_logprobs = Vec::new();
     let mut top = Vec::new();
     let mut offsets = Vec::new();
     let mut off = offset0;
-    for &id in prompt {
-        let t = token_text(model, id);
-        offsets.push(off);
-        off += t.len();
-        tokens.push(Value::String(t));
-        token_logprobs.push(Value::Null);
-        top.push(Value::Null);
-    }
+    // Offsets follow the streamed decoding of the whole sequence, so that tokens holding parts
+    // of one character share its offset and the offsets add up to the returned text.
+    let mut dec = mideum_model::StreamDecoder::new(true);
     for (&id, lp) in ids.iter().zip(lps) {
-        let t = token_text(model, id);
         offsets.push(off);
-        off += t.len();
-        tokens.push(Value::String(t));
+        off += dec.push(tok, id).map(|t| t.chars().count()).unwrap_or(0);
+        tokens.push(Value::String(token_text(model, id)));
         match lp {
             Some(lp) => {
                 token_logprobs.push(json!(lp.logprob));
@@ -128,16 +154,42 @@ pub async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Respon
     }
 }
 
+/// The prompt as sent (token-id prompts decoded), for `echo`.
+fn prompt_text_of(v: &Value, prompts: &[Vec<u32>], i: usize, model: &ServedModel) -> String {
+    let given = match v.get("prompt") {
+        Some(Value::String(s)) if i == 0 => Some(s.clone()),
+        Some(Value::Array(a)) if !a.is_empty() && !a[0].is_number() => {
+            a.get(i).and_then(|p| p.as_str()).map(str::to_string)
+        }
+        _ => None,
+    };
+    given.unwrap_or_else(|| {
+        model
+            .engine
+            .model
+            .tokenizer
+            .decode_lenient(&prompts[i], true)
+            .unwrap_or_default()
+    })
+}
+
 async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
     let v = parse_body(body)?;
     let model = st.model(model_field(&v)?)?;
     let lm = &model.engine.model;
     let prompts = prompts(&v, &model)?;
+    let echo = opt_bool(&v, "echo")?.unwrap_or(false);
+    // `echo` with `max_tokens: 0` scores the prompt without generating (as evaluation
+    // harnesses use it).
+    let score_only = echo && v.get("max_tokens").and_then(|m| m.as_i64()) == Some(0);
+    let mut v = v;
+    if score_only {
+        v.as_object_mut().map(|o| o.remove("max_tokens"));
+    }
     let mut gp = parse_common(&v, &lm.generation, &["max_tokens"])?;
     if gp.max_tokens.is_none() {
         gp.max_tokens = Some(16); // OpenAI's default for this endpoint
     }
-    let echo = opt_bool(&v, "echo")?.unwrap_or(false);
     let logprobs = match opt_i64(&v, "logprobs")? {
         None => None,
         Some(k) if (0..=20).contains(&k) => Some(k as usize),
@@ -164,27 +216,33 @@ async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
         reqs.extend(gp.requests(p, max_tokens, logprobs, st.deadline()));
     }
     let prompt_of: Vec<usize> = (0..reqs.len()).map(|k| k / gp.n).collect();
+    let mut prompt_lps: Vec<Vec<Option<TokenLogprob>>> = Vec::new();
+    if echo {
+        if let Some(k) = logprobs {
+            for p in &prompts {
+                prompt_lps.push(prompt_logprobs(&model, p, k).await?);
+            }
+        }
+    }
+    let echo_lp = |pi: usize| -> Value {
+        match prompt_lps.get(pi) {
+            Some(lps) => legacy_logprobs(&model, &prompts[pi], lps, 0),
+            None => Value::Null,
+        }
+    };
+    if score_only {
+        let choices: Vec<Value> = (0..prompt_of.len())
+            .map(|i| json!({"text": prompt_text_of(&v, &prompts, prompt_of[i], &model), "index": i, "logprobs": echo_lp(prompt_of[i]), "finish_reason": "length"}))
+            .collect();
+        let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+        return Ok(Json(json!({"id": st.new_id("cmpl"), "object": "text_completion", "created": now_secs(), "model": model.name, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens}})).into_response());
+    }
     let rxs = submit_all(&model, reqs)?;
     let id = st.new_id("cmpl");
     let created = now_secs();
-    // Echo gives back the prompt as sent; token-id prompts are decoded.
-    let given: Vec<Option<String>> = match v.get("prompt") {
-        Some(Value::String(s)) => vec![Some(s.clone())],
-        Some(Value::Array(a)) if !a.is_empty() && !a[0].is_number() => {
-            a.iter().map(|p| p.as_str().map(str::to_string)).collect()
-        }
-        _ => vec![None],
-    };
-    let prompt_text: Vec<String> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            given
-                .get(i)
-                .cloned()
-                .flatten()
-                .unwrap_or_else(|| lm.tokenizer.decode_lenient(p, false).unwrap_or_default())
-        })
+    let prompt_text: Vec<String> = (0..prompts.len())
+        .map(|i| prompt_text_of(&v, &prompts, i, &model))
         .collect();
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     if !gp.stream {
@@ -202,13 +260,20 @@ async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
                 c.text.clone()
             };
             let lp = logprobs.map(|_| {
-                legacy_logprobs(
-                    &model,
-                    if echo { &prompts[pi] } else { &[] },
-                    &c.ids,
-                    &c.logprobs,
-                    0,
-                )
+                let mut all_ids: Vec<u32> = Vec::new();
+                let mut all_lps: Vec<Option<TokenLogprob>> = Vec::new();
+                if echo {
+                    all_ids.extend(&prompts[pi]);
+                    all_lps.extend(
+                        prompt_lps
+                            .get(pi)
+                            .cloned()
+                            .unwrap_or_else(|| vec![None; prompts[pi].len()]),
+                    );
+                }
+                all_ids.extend(&c.ids);
+                all_lps.extend(c.logprobs.iter().cloned());
+                legacy_logprobs(&model, &all_ids, &all_lps, 0)
             });
             choices.push(json!({"text": text, "index": i, "logprobs": lp, "finish_reason": finish_name(c.finish)}));
         }
@@ -232,6 +297,8 @@ async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
     let mut completion_tokens = 0;
     let mut cached = 0;
     let model2 = model.clone();
+    let echo_lps: Vec<Value> = (0..prompts.len()).map(echo_lp).collect();
+    let echo_lp2 = move |pi: usize| echo_lps.get(pi).cloned().unwrap_or(Value::Null);
     let on_event = move |ev: Option<(usize, Event)>| -> Vec<String> {
         let mut out = Vec::new();
         let Some((i, ev)) = ev else {
@@ -252,7 +319,7 @@ async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
             if echo {
                 let pi = prompt_of[i];
                 let lp = if logprobs.is_some() {
-                    legacy_logprobs(&model2, &prompts[pi], &[], &[], 0)
+                    echo_lp2(pi)
                 } else {
                     Value::Null
                 };
@@ -266,7 +333,8 @@ async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
                 logprob,
             } => {
                 let lp = if logprobs.is_some() {
-                    legacy_logprobs(&model2, &[], &[tid], &[logprob], 0)
+                    // In a stream, offsets count from the start of this chunk's text.
+                    legacy_logprobs(&model2, &[tid], &[logprob], 0)
                 } else {
                     Value::Null
                 };

@@ -150,6 +150,18 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+async fn retrieve_model(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match st.models.get(&id) {
+        Some(m) => Json(json!({"id": id, "object": "model", "created": m.created, "owned_by": "mideum", "root": m.name,
+                               "max_model_len": m.engine.model.ctx_size}))
+        .into_response(),
+        None => ApiError::model_not_found(&id).into_response(),
+    }
+}
+
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -199,6 +211,7 @@ async fn not_found() -> ApiError {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(retrieve_model))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/health", get(health))

@@ -93,7 +93,12 @@ impl QKernel {
     /// `w · a[r]` for `R` activation rows at once: each weight block is loaded and unpacked
     /// once for all of them (the prefill / batched-decode micro-kernel).
     #[inline]
-    pub fn dot_rows<const R: usize>(self, qt: QuantType, w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+    pub fn dot_rows<const R: usize>(
+        self,
+        qt: QuantType,
+        w: &[u8],
+        a: &[ActRow<'_>; R],
+    ) -> [f32; R] {
         let Some(first) = a.first() else {
             return [0f32; R];
         };
@@ -236,276 +241,311 @@ mod x86 {
     /// partial sums of one signed Q8_0 block), compiled with the module's target features.
     macro_rules! kernels {
         ($feat:literal) => {
-    /// # Safety
-    /// See [`dot_q8_0`].
-    #[inline]
-    #[target_feature(enable = $feat)]
-    pub unsafe fn dot_rows<const R: usize>(qt: QuantType, w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
-        // SAFETY: the caller's contract is the callee's.
-        unsafe {
-            match qt {
-                QuantType::Q8_0 => dot_q8_0::<R>(w, a),
-                QuantType::Q4_0 => dot_q4_0::<R>(w, a),
-                QuantType::Q4K => dot_k_asym::<false, R>(w, a),
-                QuantType::Q5K => dot_k_asym::<true, R>(w, a),
-                QuantType::Q6K => dot_q6k::<R>(w, a),
-            }
-        }
-    }
-
-    /// # Safety
-    /// CPU has AVX-512 VNNI/VL/BW, AVX2, FMA, F16C; `w` holds `a[r].qs.len() / 32` blocks and
-    /// every `a[r]` has that many values, a scale and a sum per block (checked by the callers).
-    #[inline]
-    #[target_feature(enable = $feat)]
-    pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
-        let nb = a[0].qs.len() / 32;
-        let mut acc = [_mm256_setzero_ps(); R];
-        let wp = w.as_ptr();
-        for b in 0..nb {
-            // SAFETY (whole loop body): block b < nb lies inside `w` (34 bytes each) and `a`.
-            unsafe {
-                let blk = wp.add(b * 34);
-                // Stream ahead: a decode matmul reads each weight once, straight from DRAM.
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(34 * 16) as *const i8);
-                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                let dw = ld_f16(blk);
-                for r in 0..R {
-                    let av = _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
-                    let p = q8_block(wq, av, *a[r].sums.get_unchecked(b));
-                    let s = dw * *a[r].d.get_unchecked(b);
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
-                }
-            }
-        }
-        let mut out = [0f32; R];
-        for r in 0..R {
-            out[r] = hsum256(acc[r]);
-        }
-        out
-    }
-
-    /// # Safety
-    /// As [`dot_q8_0`], with 18-byte blocks.
-    #[inline]
-    #[target_feature(enable = $feat)]
-    pub unsafe fn dot_q4_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
-        let nb = a[0].qs.len() / 32;
-        let m4 = _mm_set1_epi8(0xF);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let wp = w.as_ptr();
-        for b in 0..nb {
-            // SAFETY (whole loop body): block b < nb lies inside `w` (18 bytes each) and `a`.
-            unsafe {
-                let blk = wp.add(b * 18);
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(18 * 32) as *const i8);
-                let q = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                let lo = _mm_and_si128(q, m4);
-                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
-                let wq = _mm256_set_m128i(hi, lo);
-                let dw = ld_f16(blk);
-                for r in 0..R {
-                    let av = _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
-                    let p = dp(wq, av);
-                    let corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(
-                        8 * *a[r].sums.get_unchecked(b),
-                    ));
-                    let p = _mm256_sub_epi32(p, corr);
-                    let s = dw * *a[r].d.get_unchecked(b);
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
-                }
-            }
-        }
-        let mut out = [0f32; R];
-        for r in 0..R {
-            out[r] = hsum256(acc[r]);
-        }
-        out
-    }
-
-    /// Q4_K and Q5_K share everything but the fifth bit.
-    ///
-    /// # Safety
-    /// As [`dot_q8_0`], with 144/176-byte blocks and K256 activations.
-    #[inline]
-    #[target_feature(enable = $feat)]
-    pub unsafe fn dot_k_asym<const FIVE: bool, const R: usize>(
-        w: &[u8],
-        a: &[ActRow<'_>; R],
-    ) -> [f32; R] {
-        let nb = a[0].qs.len() / QK_K;
-        let bb = if FIVE { 176 } else { 144 };
-        let m4 = _mm256_set1_epi8(0xF);
-        let zero = _mm256_setzero_si256();
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut mins_total = [0f32; R];
-        let wp = w.as_ptr();
-        for b in 0..nb {
-            // SAFETY (whole loop body): block b < nb lies inside `w` and `a` (checked by the
-            // caller); every offset below stays inside one block.
-            unsafe {
-                let blk = wp.add(b * bb);
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb + 64) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb + 128) as *const i8);
-                let scales = std::slice::from_raw_parts(blk.add(4), 12);
-                let mut sc = [0i32; 8];
-                let mut mn = [0i32; 8];
-                for j in 0..8 {
-                    let (s, m) = scale_min_k4(j, scales);
-                    sc[j] = s as i32;
-                    mn[j] = m as i32;
-                }
-                let qs = blk.add(if FIVE { 48 } else { 16 });
-                let qh = if FIVE {
-                    _mm256_loadu_si256(blk.add(16) as *const __m256i)
-                } else {
-                    zero
-                };
-                let mut sumi = [zero; R];
-                for c in 0..4 {
-                    let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                    let mut lo = _mm256_and_si256(q, m4);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                    if FIVE {
-                        let b0 = _mm256_set1_epi8(1 << (2 * c));
-                        let b1 = _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8);
-                        let sixteen = _mm256_set1_epi8(16);
-                        lo = _mm256_or_si256(
-                            lo,
-                            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen),
-                        );
-                        hi = _mm256_or_si256(
-                            hi,
-                            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen),
-                        );
-                    }
-                    let s0 = _mm256_set1_epi32(sc[2 * c]);
-                    let s1 = _mm256_set1_epi32(sc[2 * c + 1]);
-                    for r in 0..R {
-                        let aq = a[r].qs.as_ptr().add(b * QK_K);
-                        let a0 = _mm256_loadu_si256(aq.add(64 * c) as *const __m256i);
-                        let a1 = _mm256_loadu_si256(aq.add(64 * c + 32) as *const __m256i);
-                        let p0 = dp(lo, a0);
-                        let p1 = dp(hi, a1);
-                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p0, s0));
-                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p1, s1));
+            /// # Safety
+            /// See [`dot_q8_0`].
+            #[inline]
+            #[target_feature(enable = $feat)]
+            pub unsafe fn dot_rows<const R: usize>(
+                qt: QuantType,
+                w: &[u8],
+                a: &[ActRow<'_>; R],
+            ) -> [f32; R] {
+                // SAFETY: the caller's contract is the callee's.
+                unsafe {
+                    match qt {
+                        QuantType::Q8_0 => dot_q8_0::<R>(w, a),
+                        QuantType::Q4_0 => dot_q4_0::<R>(w, a),
+                        QuantType::Q4K => dot_k_asym::<false, R>(w, a),
+                        QuantType::Q5K => dot_k_asym::<true, R>(w, a),
+                        QuantType::Q6K => dot_q6k::<R>(w, a),
                     }
                 }
-                let dw = ld_f16(blk);
-                let dmw = ld_f16(blk.add(2));
-                for r in 0..R {
-                    let sums = a[r].sums.get_unchecked(b * 16..b * 16 + 16);
-                    let mut summ = 0i32;
-                    for j in 0..8 {
-                        summ += mn[j] * (sums[2 * j] + sums[2 * j + 1]);
-                    }
-                    let da = *a[r].d.get_unchecked(b);
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), _mm256_set1_ps(dw * da), acc[r]);
-                    mins_total[r] += dmw * da * summ as f32;
-                }
             }
-        }
-        let mut out = [0f32; R];
-        for r in 0..R {
-            out[r] = hsum256(acc[r]) - mins_total[r];
-        }
-        out
-    }
 
-    /// # Safety
-    /// As [`dot_q8_0`], with 210-byte Q6_K blocks and K256 activations.
-    #[target_feature(enable = $feat)]
-    #[inline]
-    pub unsafe fn dot_q6k<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
-        let nb = a[0].qs.len() / QK_K;
-        let m4 = _mm256_set1_epi8(0xF);
-        let m3 = _mm256_set1_epi8(3);
-        let zero = _mm256_setzero_si256();
-        let mut acc = [_mm256_setzero_ps(); R];
-        let wp = w.as_ptr();
-        for b in 0..nb {
-            // SAFETY (whole loop body): block b < nb lies inside `w` (210 bytes each) and `a`.
-            unsafe {
-                let blk = wp.add(b * 210);
-                for off in [0, 64, 128, 192] {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * 210 + off) as *const i8);
-                }
-                let sc16 = _mm_loadu_si128(blk.add(192) as *const __m128i);
-                let sc_lo = _mm256_cvtepi8_epi32(sc16);
-                let sc_hi = _mm256_cvtepi8_epi32(_mm_srli_si128(sc16, 8));
-                let mut sumi = [zero; R];
-                for r in 0..R {
-                    let sums = a[r].sums.as_ptr().add(b * 16);
-                    let s_lo = _mm256_loadu_si256(sums as *const __m256i);
-                    let s_hi = _mm256_loadu_si256(sums.add(8) as *const __m256i);
-                    // Σ_g sc_g · 32 · Σa_g, removed from the unsigned-weight dot below.
-                    let offs = _mm256_slli_epi32(
-                        _mm256_add_epi32(
-                            _mm256_mullo_epi32(sc_lo, s_lo),
-                            _mm256_mullo_epi32(sc_hi, s_hi),
-                        ),
-                        5,
-                    );
-                    sumi[r] = _mm256_sub_epi32(zero, offs);
-                }
-                for half in 0..2 {
-                    let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
-                    let ql1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
-                    let qh = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
-                    let scv = if half == 0 { sc_lo } else { sc_hi };
-                    let n = [
-                        _mm256_or_si256(
-                            _mm256_and_si256(ql0, m4),
-                            _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(ql1, m4),
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4),
-                        ),
-                    ];
-                    for (c, nv) in n.iter().enumerate() {
-                        // Lanes 0..4 cover group 2c, lanes 4..8 group 2c+1.
-                        let idx = _mm256_setr_epi32(
-                            2 * c as i32,
-                            2 * c as i32,
-                            2 * c as i32,
-                            2 * c as i32,
-                            2 * c as i32 + 1,
-                            2 * c as i32 + 1,
-                            2 * c as i32 + 1,
-                            2 * c as i32 + 1,
-                        );
-                        let s = _mm256_permutevar8x32_epi32(scv, idx);
+            /// # Safety
+            /// CPU has AVX-512 VNNI/VL/BW, AVX2, FMA, F16C; `w` holds `a[r].qs.len() / 32` blocks and
+            /// every `a[r]` has that many values, a scale and a sum per block (checked by the callers).
+            #[inline]
+            #[target_feature(enable = $feat)]
+            pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+                let nb = a[0].qs.len() / 32;
+                let mut acc = [_mm256_setzero_ps(); R];
+                let wp = w.as_ptr();
+                for b in 0..nb {
+                    // SAFETY (whole loop body): block b < nb lies inside `w` (34 bytes each) and `a`.
+                    unsafe {
+                        let blk = wp.add(b * 34);
+                        // Stream ahead: a decode matmul reads each weight once, straight from DRAM.
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(34 * 16) as *const i8);
+                        let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                        let dw = ld_f16(blk);
                         for r in 0..R {
-                            let aq = a[r].qs.as_ptr().add(b * QK_K);
-                            let av = _mm256_loadu_si256(aq.add(128 * half + 32 * c) as *const __m256i);
-                            let p = dp(*nv, av);
-                            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p, s));
+                            let av =
+                                _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
+                            let p = q8_block(wq, av, *a[r].sums.get_unchecked(b));
+                            let s = dw * *a[r].d.get_unchecked(b);
+                            acc[r] =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
                         }
                     }
                 }
-                let dw = ld_f16(blk.add(208));
+                let mut out = [0f32; R];
                 for r in 0..R {
-                    let d = dw * *a[r].d.get_unchecked(b);
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), _mm256_set1_ps(d), acc[r]);
+                    out[r] = hsum256(acc[r]);
                 }
+                out
             }
-        }
-        let mut out = [0f32; R];
-        for r in 0..R {
-            out[r] = hsum256(acc[r]);
-        }
-        out
-    }
+
+            /// # Safety
+            /// As [`dot_q8_0`], with 18-byte blocks.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            pub unsafe fn dot_q4_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+                let nb = a[0].qs.len() / 32;
+                let m4 = _mm_set1_epi8(0xF);
+                let mut acc = [_mm256_setzero_ps(); R];
+                let wp = w.as_ptr();
+                for b in 0..nb {
+                    // SAFETY (whole loop body): block b < nb lies inside `w` (18 bytes each) and `a`.
+                    unsafe {
+                        let blk = wp.add(b * 18);
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(18 * 32) as *const i8);
+                        let q = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                        let lo = _mm_and_si128(q, m4);
+                        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+                        let wq = _mm256_set_m128i(hi, lo);
+                        let dw = ld_f16(blk);
+                        for r in 0..R {
+                            let av =
+                                _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
+                            let p = dp(wq, av);
+                            let corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(
+                                8 * *a[r].sums.get_unchecked(b),
+                            ));
+                            let p = _mm256_sub_epi32(p, corr);
+                            let s = dw * *a[r].d.get_unchecked(b);
+                            acc[r] =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
+                        }
+                    }
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    out[r] = hsum256(acc[r]);
+                }
+                out
+            }
+
+            /// Q4_K and Q5_K share everything but the fifth bit.
+            ///
+            /// # Safety
+            /// As [`dot_q8_0`], with 144/176-byte blocks and K256 activations.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            pub unsafe fn dot_k_asym<const FIVE: bool, const R: usize>(
+                w: &[u8],
+                a: &[ActRow<'_>; R],
+            ) -> [f32; R] {
+                let nb = a[0].qs.len() / QK_K;
+                let bb = if FIVE { 176 } else { 144 };
+                let m4 = _mm256_set1_epi8(0xF);
+                let zero = _mm256_setzero_si256();
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut mins_total = [0f32; R];
+                let wp = w.as_ptr();
+                for b in 0..nb {
+                    // SAFETY (whole loop body): block b < nb lies inside `w` and `a` (checked by the
+                    // caller); every offset below stays inside one block.
+                    unsafe {
+                        let blk = wp.add(b * bb);
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb + 64) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb + 128) as *const i8);
+                        let scales = std::slice::from_raw_parts(blk.add(4), 12);
+                        let mut sc = [0i32; 8];
+                        let mut mn = [0i32; 8];
+                        for j in 0..8 {
+                            let (s, m) = scale_min_k4(j, scales);
+                            sc[j] = s as i32;
+                            mn[j] = m as i32;
+                        }
+                        let qs = blk.add(if FIVE { 48 } else { 16 });
+                        let qh = if FIVE {
+                            _mm256_loadu_si256(blk.add(16) as *const __m256i)
+                        } else {
+                            zero
+                        };
+                        let mut sumi = [zero; R];
+                        for c in 0..4 {
+                            let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                            let mut lo = _mm256_and_si256(q, m4);
+                            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                            if FIVE {
+                                let b0 = _mm256_set1_epi8(1 << (2 * c));
+                                let b1 = _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8);
+                                let sixteen = _mm256_set1_epi8(16);
+                                lo = _mm256_or_si256(
+                                    lo,
+                                    _mm256_and_si256(
+                                        _mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0),
+                                        sixteen,
+                                    ),
+                                );
+                                hi = _mm256_or_si256(
+                                    hi,
+                                    _mm256_and_si256(
+                                        _mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1),
+                                        sixteen,
+                                    ),
+                                );
+                            }
+                            let s0 = _mm256_set1_epi32(sc[2 * c]);
+                            let s1 = _mm256_set1_epi32(sc[2 * c + 1]);
+                            for r in 0..R {
+                                let aq = a[r].qs.as_ptr().add(b * QK_K);
+                                let a0 = _mm256_loadu_si256(aq.add(64 * c) as *const __m256i);
+                                let a1 = _mm256_loadu_si256(aq.add(64 * c + 32) as *const __m256i);
+                                let p0 = dp(lo, a0);
+                                let p1 = dp(hi, a1);
+                                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p0, s0));
+                                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p1, s1));
+                            }
+                        }
+                        let dw = ld_f16(blk);
+                        let dmw = ld_f16(blk.add(2));
+                        for r in 0..R {
+                            let sums = a[r].sums.get_unchecked(b * 16..b * 16 + 16);
+                            let mut summ = 0i32;
+                            for j in 0..8 {
+                                summ += mn[j] * (sums[2 * j] + sums[2 * j + 1]);
+                            }
+                            let da = *a[r].d.get_unchecked(b);
+                            acc[r] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(sumi[r]),
+                                _mm256_set1_ps(dw * da),
+                                acc[r],
+                            );
+                            mins_total[r] += dmw * da * summ as f32;
+                        }
+                    }
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    out[r] = hsum256(acc[r]) - mins_total[r];
+                }
+                out
+            }
+
+            /// # Safety
+            /// As [`dot_q8_0`], with 210-byte Q6_K blocks and K256 activations.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            pub unsafe fn dot_q6k<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+                let nb = a[0].qs.len() / QK_K;
+                let m4 = _mm256_set1_epi8(0xF);
+                let m3 = _mm256_set1_epi8(3);
+                let zero = _mm256_setzero_si256();
+                let mut acc = [_mm256_setzero_ps(); R];
+                let wp = w.as_ptr();
+                for b in 0..nb {
+                    // SAFETY (whole loop body): block b < nb lies inside `w` (210 bytes each) and `a`.
+                    unsafe {
+                        let blk = wp.add(b * 210);
+                        for off in [0, 64, 128, 192] {
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                blk.wrapping_add(2 * 210 + off) as *const i8
+                            );
+                        }
+                        let sc16 = _mm_loadu_si128(blk.add(192) as *const __m128i);
+                        let sc_lo = _mm256_cvtepi8_epi32(sc16);
+                        let sc_hi = _mm256_cvtepi8_epi32(_mm_srli_si128(sc16, 8));
+                        let mut sumi = [zero; R];
+                        for r in 0..R {
+                            let sums = a[r].sums.as_ptr().add(b * 16);
+                            let s_lo = _mm256_loadu_si256(sums as *const __m256i);
+                            let s_hi = _mm256_loadu_si256(sums.add(8) as *const __m256i);
+                            // Σ_g sc_g · 32 · Σa_g, removed from the unsigned-weight dot below.
+                            let offs = _mm256_slli_epi32(
+                                _mm256_add_epi32(
+                                    _mm256_mullo_epi32(sc_lo, s_lo),
+                                    _mm256_mullo_epi32(sc_hi, s_hi),
+                                ),
+                                5,
+                            );
+                            sumi[r] = _mm256_sub_epi32(zero, offs);
+                        }
+                        for half in 0..2 {
+                            let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
+                            let ql1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
+                            let qh = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
+                            let scv = if half == 0 { sc_lo } else { sc_hi };
+                            let n = [
+                                _mm256_or_si256(
+                                    _mm256_and_si256(ql0, m4),
+                                    _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(ql1, m4),
+                                    _mm256_slli_epi16(
+                                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3),
+                                        4,
+                                    ),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                    _mm256_slli_epi16(
+                                        _mm256_and_si256(_mm256_srli_epi16(qh, 4), m3),
+                                        4,
+                                    ),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                    _mm256_slli_epi16(
+                                        _mm256_and_si256(_mm256_srli_epi16(qh, 6), m3),
+                                        4,
+                                    ),
+                                ),
+                            ];
+                            for (c, nv) in n.iter().enumerate() {
+                                // Lanes 0..4 cover group 2c, lanes 4..8 group 2c+1.
+                                let idx = _mm256_setr_epi32(
+                                    2 * c as i32,
+                                    2 * c as i32,
+                                    2 * c as i32,
+                                    2 * c as i32,
+                                    2 * c as i32 + 1,
+                                    2 * c as i32 + 1,
+                                    2 * c as i32 + 1,
+                                    2 * c as i32 + 1,
+                                );
+                                let s = _mm256_permutevar8x32_epi32(scv, idx);
+                                for r in 0..R {
+                                    let aq = a[r].qs.as_ptr().add(b * QK_K);
+                                    let av = _mm256_loadu_si256(
+                                        aq.add(128 * half + 32 * c) as *const __m256i
+                                    );
+                                    let p = dp(*nv, av);
+                                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p, s));
+                                }
+                            }
+                        }
+                        let dw = ld_f16(blk.add(208));
+                        for r in 0..R {
+                            let d = dw * *a[r].d.get_unchecked(b);
+                            acc[r] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(sumi[r]),
+                                _mm256_set1_ps(d),
+                                acc[r],
+                            );
+                        }
+                    }
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    out[r] = hsum256(acc[r]);
+                }
+                out
+            }
         };
     }
 
@@ -560,7 +600,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn rnd(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 s ^= s << 13;
@@ -677,10 +719,15 @@ mod tests {
             let mut act = ActQ8::default();
             act.quantize(&x, 1, k, qt.act_kind());
             let exact: f32 = wf.iter().zip(&x).map(|(a, b)| a * b).sum();
-            let norm = (wf.iter().map(|a| a * a).sum::<f32>() * x.iter().map(|a| a * a).sum::<f32>()).sqrt();
+            let norm = (wf.iter().map(|a| a * a).sum::<f32>()
+                * x.iter().map(|a| a * a).sum::<f32>())
+            .sqrt();
             for kern in QKernel::available() {
                 let got = kern.dot(qt, &w, act.row(0, qt.act_kind()));
-                assert!((got - exact).abs() < 0.05 * norm, "{qt:?} {kern:?}: {got} vs {exact}");
+                assert!(
+                    (got - exact).abs() < 0.05 * norm,
+                    "{qt:?} {kern:?}: {got} vs {exact}"
+                );
             }
         }
     }

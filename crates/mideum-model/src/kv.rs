@@ -268,7 +268,7 @@ impl KvPool {
             ..Default::default()
         };
         self.release(&mut dropped);
-        if len % BLOCK_TOKENS != 0 {
+        if !len.is_multiple_of(BLOCK_TOKENS) {
             let last = seq.blocks[keep - 1];
             if self.refcount[last as usize] > 1 {
                 let fresh = self.take_block()?;

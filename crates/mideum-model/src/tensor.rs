@@ -421,7 +421,10 @@ pub fn move_to_hugepages(tensors: &mut std::collections::HashMap<String, Tensor>
         .map(|(n, _)| n.clone())
         .collect();
     names.sort();
-    let total: usize = names.iter().map(|n| tensors[n].nbytes().div_ceil(64) * 64).sum();
+    let total: usize = names
+        .iter()
+        .map(|n| tensors[n].nbytes().div_ceil(64) * 64)
+        .sum();
     if total == 0 {
         return Ok(());
     }
@@ -429,7 +432,10 @@ pub fn move_to_hugepages(tensors: &mut std::collections::HashMap<String, Tensor>
         path: "anonymous memory".into(),
         error,
     };
-    let mut map = memmap2::MmapOptions::new().len(total).map_anon().map_err(io)?;
+    let mut map = memmap2::MmapOptions::new()
+        .len(total)
+        .map_anon()
+        .map_err(io)?;
     let _ = map.advise(memmap2::Advice::HugePage);
     let mut at = 0;
     let mut places = Vec::with_capacity(names.len());
