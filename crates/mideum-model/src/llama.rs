@@ -37,6 +37,8 @@ pub struct Llama {
     layers: Vec<LayerWeights>,
     final_norm: Vec<f32>,
     lm_head: Tensor,
+    /// The LM head is the embedding matrix (counted once in `weight_bytes`).
+    tied: bool,
     rope_layout: RopeLayout,
     pool: ThreadPool,
     kern: DotKernel,
@@ -160,6 +162,7 @@ impl Llama {
         } else {
             "output.weight"
         };
+        let tied = !t.contains_key(head_name);
         let lm_head = match t.remove(head_name) {
             Some(x) => {
                 x.expect_shape(&[c.vocab_size, h])?;
@@ -185,6 +188,7 @@ impl Llama {
             layers,
             final_norm,
             lm_head,
+            tied,
             rope_layout,
             pool: ThreadPool::new(n_threads),
             kern: DotKernel::detect(),
@@ -213,7 +217,7 @@ impl Llama {
     pub fn weight_bytes(&self) -> usize {
         let sz = |t: &Tensor| t.nbytes();
         let mut s = sz(&self.embed);
-        if !std::ptr::eq(&self.embed, &self.lm_head) {
+        if !self.tied {
             s += sz(&self.lm_head);
         }
         for l in &self.layers {

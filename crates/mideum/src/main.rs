@@ -78,15 +78,39 @@ pub struct ModelArgs {
     /// Context window in tokens (default: the model's).
     #[arg(long)]
     pub ctx_size: Option<usize>,
+    /// Quantize the weights while loading: q8_0, q4_0, q4_k, q5_k or q6_k.
+    #[arg(long)]
+    pub quant: Option<String>,
 }
 
 impl ModelArgs {
     fn load(&self) -> Result<LoadedModel> {
-        load_model(&self.model, self.threads, self.ctx_size)
+        load_model_quant(
+            &self.model,
+            self.threads,
+            self.ctx_size,
+            self.quant.as_deref(),
+        )
     }
 }
 
 pub fn load_model(path: &Path, threads: usize, ctx_size: Option<usize>) -> Result<LoadedModel> {
+    load_model_quant(path, threads, ctx_size, None)
+}
+
+/// Loads a model reference, optionally quantizing its weights on the way in.
+pub fn load_model_quant(
+    path: &Path,
+    threads: usize,
+    ctx_size: Option<usize>,
+    quant: Option<&str>,
+) -> Result<LoadedModel> {
+    let quant = match quant {
+        None => None,
+        Some(q) => Some(mideum_model::QuantType::parse(q).ok_or_else(|| {
+            anyhow::anyhow!("--quant {q:?} is not one of q8_0, q4_0, q4_k, q5_k, q6_k")
+        })?),
+    };
     if ctx_size == Some(0) {
         bail!("--ctx-size must be at least 1");
     }
@@ -97,7 +121,7 @@ pub fn load_model(path: &Path, threads: usize, ctx_size: Option<usize>) -> Resul
         &LoadOptions {
             threads,
             ctx_size,
-            ..Default::default()
+            quant,
         },
     )
     .with_context(|| format!("cannot load model {}", path.display()))
