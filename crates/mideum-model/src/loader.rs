@@ -155,16 +155,9 @@ impl LoadedModel {
         extra_eos: Vec<u32>,
         opts: &LoadOptions,
     ) -> Result<LoadedModel> {
-        let template = match template_src {
-            Some(src) => Some(ChatTemplate::new(
-                &src,
-                tokenizer.bos_token.clone(),
-                tokenizer.eos_token.clone(),
-                tokenizer.pad_token.clone(),
-                tokenizer.unk_token.clone(),
-            )?),
-            None => None,
-        };
+        let template = template_src
+            .map(|src| template_for(&src, &tokenizer))
+            .transpose()?;
         // Stop on every end marker the checkpoint declares anywhere, plus Llama-3 style
         // end-of-turn markers: Mi:dm's chat turns end with <|eot_id|> (id 131301).
         let mut eos_ids: Vec<u32> = model.config.eos_token_ids.clone();
@@ -385,16 +378,7 @@ impl TextAssets {
                 .map(str::to_string);
             (Tokenizer::from_gguf(&g)?, src)
         };
-        let template = match src {
-            Some(s) => Some(ChatTemplate::new(
-                &s,
-                tokenizer.bos_token.clone(),
-                tokenizer.eos_token.clone(),
-                tokenizer.pad_token.clone(),
-                tokenizer.unk_token.clone(),
-            )?),
-            None => None,
-        };
+        let template = src.map(|src| template_for(&src, &tokenizer)).transpose()?;
         Ok(TextAssets {
             tokenizer,
             template,
@@ -413,4 +397,15 @@ impl TextAssets {
             .ok_or_else(|| ModelError::Template("this model has no chat template".into()))?;
         t.render(messages, tools, add_generation_prompt)
     }
+}
+
+/// Compiles a chat template with the special-token strings of its tokenizer.
+fn template_for(src: &str, t: &Tokenizer) -> Result<ChatTemplate> {
+    ChatTemplate::new(
+        src,
+        t.bos_token.clone(),
+        t.eos_token.clone(),
+        t.pad_token.clone(),
+        t.unk_token.clone(),
+    )
 }
