@@ -699,6 +699,7 @@ async fn serve_local(
         Endpoint::Completions => crate::completions::completions(st, bytes).await,
     };
     let status = resp.status();
+    let retry_after = resp.headers().get("retry-after").cloned();
     let is_sse = resp
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -715,7 +716,11 @@ async fn serve_local(
     let body = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024)
         .await
         .map_err(|e| ApiError::internal(format!("cannot read the local answer: {e}")))?;
-    whole_response(ctx, status, &body, &vault, info, rec).await
+    let mut r = whole_response(ctx, status, &body, &vault, info, rec).await?;
+    if let Some(ra) = retry_after {
+        r.headers_mut().insert("retry-after", ra);
+    }
+    Ok(r)
 }
 
 async fn forward(

@@ -819,3 +819,51 @@ async fn notice_and_unknown_models() {
     let a = post(&gw, "/v1/chat/completions", json!([1]), &[]).await;
     assert_eq!(a.status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_picks_the_cheapest_backend_that_holds_the_prompt() {
+    let (dear, dear_stub) = start_stub(Mode::Echo).await;
+    let (cheap, cheap_stub) = start_stub(Mode::Echo).await;
+    let toml = format!(
+        "[backends.dear]\ntype = \"openai\"\nregion = \"domestic\"\nbase_url = \"{dear}/v1\"\ncost = 1.0\n\
+         [backends.cheap]\ntype = \"openai\"\nregion = \"domestic\"\nbase_url = \"{cheap}/v1\"\ncost = 0.1\ncontext = 100\n\
+         [models.auto]\nbackends = [\"dear\", \"cheap\"]\n"
+    );
+    let gw = start_gateway(&toml, false).await;
+    let mut req = chat("안녕", false);
+    req["model"] = json!("auto");
+    let a = post(&gw, "/v1/chat/completions", req.clone(), &[]).await;
+    assert_eq!(
+        (a.status, a.header("x-mideum-backend")),
+        (200, "cheap"),
+        "{}",
+        a.body
+    );
+    req["messages"][1]["content"] = json!("긴 문장 ".repeat(200));
+    let a = post(&gw, "/v1/chat/completions", req, &[]).await;
+    assert_eq!(
+        (a.status, a.header("x-mideum-backend")),
+        (200, "dear"),
+        "{}",
+        a.body
+    );
+    assert_eq!((dear_stub.count(), cheap_stub.count()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_take_a_dead_endpoint_out_of_the_pool() {
+    let reset = start_resetter().await;
+    let (good, good_stub) = start_stub(Mode::Echo).await;
+    let toml = format!(
+        "[backends.pool]\ntype = \"openai\"\nregion = \"domestic\"\nretries = 0\nhealth_check_s = 1\ntimeout_ms = 500\n\
+         endpoints = [{{ url = \"{reset}/v1\", weight = 1 }}, {{ url = \"{good}/v1\", weight = 1 }}]\n\
+         [models.m]\nbackends = [\"pool\"]\n"
+    );
+    let gw = start_gateway(&toml, false).await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    for _ in 0..10 {
+        let a = post(&gw, "/v1/chat/completions", chat("안녕", false), &[]).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    assert_eq!(good_stub.count(), 10);
+}
