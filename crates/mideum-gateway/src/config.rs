@@ -349,7 +349,7 @@ impl Config {
                 BackendType::Openai => {
                     need(bc.region.is_some(), "`region` (domestic or overseas)")?;
                     need(
-                        bc.base_url.is_some() != !bc.endpoints.is_empty(),
+                        bc.base_url.is_some() == bc.endpoints.is_empty(),
                         "exactly one of `base_url` or `endpoints`",
                     )?;
                     if !bc.endpoints.is_empty() && bc.endpoints.iter().all(|e| e.weight == 0) {
@@ -501,7 +501,7 @@ fn check_common(c: &BackendCfg) -> Result<(), String> {
     if c.breaker_failures == 0 {
         return Err("`breaker_failures` must be at least 1".into());
     }
-    if !(c.cost >= 0.0) {
+    if c.cost.is_nan() || c.cost < 0.0 {
         return Err("`cost` must be 0 or more".into());
     }
     Ok(())

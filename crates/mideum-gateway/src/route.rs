@@ -785,14 +785,12 @@ async fn forward(
 /// Restores pseudonyms in every string of a whole answer (tool-call arguments as JSON text).
 fn restore_value(v: &mut Value, vault: &Vault, key: Option<&str>) {
     match v {
-        Value::String(s) => {
-            if s.contains('<') || s.contains("\\u003c") {
-                *s = if key == Some("arguments") {
-                    vault.restore_json(s)
-                } else {
-                    vault.restore(s)
-                };
-            }
+        Value::String(s) if s.contains('<') || s.contains("\\u003c") => {
+            *s = if key == Some("arguments") {
+                vault.restore_json(s)
+            } else {
+                vault.restore(s)
+            };
         }
         Value::Array(a) => a.iter_mut().for_each(|x| restore_value(x, vault, key)),
         Value::Object(o) => o

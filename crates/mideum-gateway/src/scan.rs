@@ -11,11 +11,7 @@ const STRUCTURAL: [&str; 5] = ["model", "role", "type", "tool_call_id", "id"];
 
 fn walk<'a>(v: &'a Value, key: Option<&str>, f: &mut impl FnMut(&'a str)) {
     match v {
-        Value::String(s) => {
-            if !key.is_some_and(|k| STRUCTURAL.contains(&k)) {
-                f(s)
-            }
-        }
+        Value::String(s) if !key.is_some_and(|k| STRUCTURAL.contains(&k)) => f(s),
         Value::Array(a) => a.iter().for_each(|x| walk(x, key, f)),
         Value::Object(o) => o.iter().for_each(|(k, x)| walk(x, Some(k), f)),
         _ => {}
@@ -28,11 +24,7 @@ fn walk_mut<E>(
     f: &mut impl FnMut(&mut String) -> Result<(), E>,
 ) -> Result<(), E> {
     match v {
-        Value::String(s) => {
-            if !key.is_some_and(|k| STRUCTURAL.contains(&k)) {
-                f(s)?
-            }
-        }
+        Value::String(s) if !key.is_some_and(|k| STRUCTURAL.contains(&k)) => f(s)?,
         Value::Array(a) => {
             for x in a {
                 walk_mut(x, key, f)?
