@@ -2,6 +2,7 @@
 //! `/v1/completions`, `/v1/models`) over the local engines, plus `/health`, `/ready` and
 //! `/metrics`. Requests are validated field by field and answered with OpenAI-shaped errors.
 
+pub mod auth;
 pub mod error;
 pub mod params;
 pub mod tools;
@@ -37,6 +38,10 @@ pub struct AppState {
     pub request_timeout: Option<Duration>,
     ready: AtomicBool,
     counter: AtomicU64,
+    /// Resolves callers (static keys or none by default; tenants when wired by `mideum serve`).
+    pub auth: Arc<dyn auth::Authenticator>,
+    /// Receives one record per request (a counting log by default).
+    pub audit: Arc<dyn auth::AuditSink>,
 }
 
 impl AppState {
@@ -47,6 +52,8 @@ impl AppState {
             request_timeout,
             ready: AtomicBool::new(false),
             counter: AtomicU64::new(0),
+            auth: Arc::new(auth::StaticKeys::open()),
+            audit: Arc::new(auth::LogSink),
         }
     }
 
@@ -61,6 +68,16 @@ impl AppState {
             self.listing.push((n.clone(), m.name.clone()));
         }
         Ok(())
+    }
+
+    /// Replaces the authenticator (default: no authentication).
+    pub fn set_authenticator(&mut self, a: Arc<dyn auth::Authenticator>) {
+        self.auth = a;
+    }
+
+    /// Replaces the audit sink (default: a log of counts).
+    pub fn set_audit_sink(&mut self, s: Arc<dyn auth::AuditSink>) {
+        self.audit = s;
     }
 
     pub fn set_ready(&self) {
