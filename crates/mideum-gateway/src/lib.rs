@@ -2,9 +2,11 @@
 //! `/v1/completions`, `/v1/models`) over the local engines, plus `/health`, `/ready` and
 //! `/metrics`. Requests are validated field by field and answered with OpenAI-shaped errors.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod params;
+pub mod tenants;
 pub mod tools;
 
 mod chat;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub auth: Arc<dyn auth::Authenticator>,
     /// Receives one record per request (a counting log by default).
     pub audit: Arc<dyn auth::AuditSink>,
+    /// The `/admin/` API, when a tenant store is configured.
+    pub admin: Option<Arc<admin::Admin>>,
 }
 
 impl AppState {
@@ -54,6 +58,7 @@ impl AppState {
             counter: AtomicU64::new(0),
             auth: Arc::new(auth::StaticKeys::open()),
             audit: Arc::new(auth::LogSink),
+            admin: None,
         }
     }
 
@@ -226,6 +231,10 @@ async fn not_found() -> ApiError {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let admin = match &state.admin {
+        Some(a) => admin::router(a.clone()),
+        None => Router::new(),
+    };
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(retrieve_model))
@@ -237,6 +246,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(state)
+        .merge(admin)
 }
 
 /// Serves until Ctrl-C / SIGTERM.
