@@ -141,14 +141,6 @@ fn tenant_json(t: &Tenant) -> Value {
     json!({"id": t.id, "created_ms": t.created_ms, "config": t.config})
 }
 
-/// `id` plus the tenant settings; unknown fields are refused by [`TenantConfig`].
-#[derive(Deserialize)]
-struct NewTenant {
-    id: String,
-    #[serde(flatten)]
-    config: TenantConfig,
-}
-
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))
@@ -160,11 +152,23 @@ async fn add_tenant(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller(&a, &h).await?.require_admin()?;
-    let nt: NewTenant = parse_json(&body)?;
-    mideum_store::check_tenant_id(&nt.id).map_err(store_error)?;
+    // `id` plus the tenant settings; `TenantConfig` refuses unknown fields.
+    let mut fields: serde_json::Map<String, Value> = parse_json(&body)?;
+    let id = match fields.remove("id") {
+        Some(Value::String(id)) => id,
+        _ => {
+            return Err(ApiError::bad_request(
+                "`id` is required and must be a string",
+                Some("id"),
+            ))
+        }
+    };
+    mideum_store::check_tenant_id(&id).map_err(store_error)?;
+    let config: TenantConfig = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| ApiError::bad_request(format!("invalid tenant settings: {e}"), None))?;
     let t = Tenant {
-        id: nt.id,
-        config: nt.config,
+        id,
+        config,
         created_ms: now_ms(),
     };
     blocking(move || {
