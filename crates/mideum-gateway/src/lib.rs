@@ -4,10 +4,15 @@
 
 pub mod admin;
 pub mod auth;
+pub mod config;
 pub mod error;
 pub mod params;
+pub mod policy;
+pub mod route;
+pub mod scan;
 pub mod tenants;
 pub mod tools;
+pub mod upstream;
 
 mod chat;
 mod completions;
@@ -46,6 +51,8 @@ pub struct AppState {
     pub audit: Arc<dyn auth::AuditSink>,
     /// The `/admin/` API, when a tenant store is configured.
     pub admin: Option<Arc<admin::Admin>>,
+    /// Models routed by `mideum.toml` (none: only the `--model` models, all local).
+    pub routes: Option<Arc<route::Routes>>,
 }
 
 impl AppState {
@@ -59,6 +66,7 @@ impl AppState {
             auth: Arc::new(auth::StaticKeys::open()),
             audit: Arc::new(auth::LogSink),
             admin: None,
+            routes: None,
         }
     }
 
@@ -83,6 +91,16 @@ impl AppState {
     /// Replaces the audit sink (default: a log of counts).
     pub fn set_audit_sink(&mut self, s: Arc<dyn auth::AuditSink>) {
         self.audit = s;
+    }
+
+    /// Serves the models of a `mideum.toml` through the routed path.
+    pub fn set_routes(&mut self, r: Arc<route::Routes>) {
+        self.routes = Some(r);
+    }
+
+    /// Whether a local model of this name (or alias) is loaded.
+    pub fn has_local(&self, name: &str) -> bool {
+        self.models.contains_key(name)
     }
 
     pub fn set_ready(&self) {
@@ -169,6 +187,14 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Json<Value> {
                    "max_model_len": m.engine.model.ctx_size})
         })
         .collect();
+    let mut data = data;
+    if let Some(r) = &st.routes {
+        for n in r.model_names().filter(|n| !st.models.contains_key(*n)) {
+            data.push(
+                json!({"id": n, "object": "model", "created": 0, "owned_by": "mideum-route"}),
+            );
+        }
+    }
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -180,6 +206,9 @@ async fn retrieve_model(
         Some(m) => Json(json!({"id": id, "object": "model", "created": m.created, "owned_by": "mideum", "root": m.name,
                                "max_model_len": m.engine.model.ctx_size}))
         .into_response(),
+        None if st.routes.as_ref().is_some_and(|r| r.has_model(&id)) => {
+            Json(json!({"id": id, "object": "model", "created": 0, "owned_by": "mideum-route"})).into_response()
+        }
         None => ApiError::model_not_found(&id).into_response(),
     }
 }
@@ -189,7 +218,7 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(st): State<Arc<AppState>>) -> Response {
-    if st.ready.load(Ordering::SeqCst) && !st.models.is_empty() {
+    if st.ready.load(Ordering::SeqCst) && (!st.models.is_empty() || st.routes.is_some()) {
         Json(json!({"status": "ready", "models": st.listing.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()})).into_response()
     } else {
         (
@@ -208,7 +237,10 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .filter(|(_, c)| seen.insert(c.clone()))
         .map(|(_, c)| &*st.models[c].engine.metrics)
         .collect();
-    let body = mideum_engine::render_all(&ms);
+    let mut body = mideum_engine::render_all(&ms);
+    if let Some(r) = &st.routes {
+        body.push_str(&r.metrics.render());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -238,8 +270,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(retrieve_model))
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(route::chat))
+        .route("/v1/completions", post(route::completions))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -252,9 +284,15 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Serves until Ctrl-C / SIGTERM.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     state.set_ready();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    if let Some(r) = &state.routes {
+        r.start_health_checks();
+    }
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
 }
 
 async fn shutdown_signal() {

@@ -160,6 +160,14 @@ impl Vault {
 
     /// Restores `s`. When `last` is false, stops before a trailing possible
     /// placeholder prefix and reports how many bytes were consumed.
+    /// Restores a streamed prefix: returns what can be emitted now and how many bytes of
+    /// `text` it used; the rest may be the start of a placeholder and should be fed again
+    /// with the next chunk (`last` = no more chunks follow). Lets callers that cannot
+    /// borrow the vault (async streams) keep their own pending buffer.
+    pub fn restore_partial(&self, text: &str, mode: RestoreMode, last: bool) -> (String, usize) {
+        self.restore_core(text, mode, last)
+    }
+
     fn restore_core(&self, s: &str, mode: RestoreMode, last: bool) -> (String, usize) {
         let b = s.as_bytes();
         let json = mode == RestoreMode::Json;

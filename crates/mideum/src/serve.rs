@@ -13,8 +13,12 @@ use std::time::Duration;
 pub struct ServeArgs {
     /// A model to serve, as PATH or NAME=PATH (repeatable). The name defaults to the
     /// directory or file name.
-    #[arg(long = "model", short = 'm', required = true)]
+    #[arg(long = "model", short = 'm', required_unless_present = "config")]
     pub models: Vec<String>,
+    /// A mideum.toml with backends, routed models and data policies (see
+    /// mideum.example.toml). Combines with --model: local backends may name those models.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Another name for a served model, as ALIAS=NAME (repeatable).
     #[arg(long = "alias")]
     pub aliases: Vec<String>,
@@ -116,6 +120,62 @@ pub fn run(a: &ServeArgs) -> Result<()> {
                 &aliases,
             )
             .map_err(anyhow::Error::msg)?;
+    }
+    let routes_cfg = match &a.config {
+        Some(p) => Some(mideum_gateway::config::Config::load(p).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    if let Some(cfg) = &routes_cfg {
+        for (bname, b) in &cfg.backends {
+            let b = b.get_ref();
+            let Some(path) = &b.path else { continue };
+            let m = crate::load_model(std::path::Path::new(path.get_ref()), b.threads, a.ctx_size)
+                .with_context(|| {
+                    format!(
+                        "backend {bname:?} in {}",
+                        a.config
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    )
+                })?;
+            let block_bytes = m.model.kv_block_bytes();
+            let kv_blocks = (kv_mb * 1024 * 1024 / block_bytes).max(2);
+            let cfg = EngineConfig {
+                max_running: a.max_running,
+                max_queue: a.max_queue,
+                step_tokens: a.step_tokens,
+                kv_blocks,
+            };
+            eprintln!("loaded backend {bname} from {}", path.get_ref());
+            let engine = Arc::new(Engine::start(Arc::new(m), bname, cfg));
+            state
+                .add(
+                    ServedModel {
+                        name: bname.clone(),
+                        engine,
+                        created,
+                    },
+                    &[],
+                )
+                .map_err(anyhow::Error::msg)?;
+        }
+        if let Some(var) = &cfg.server.api_keys_env {
+            let list = std::env::var(var.get_ref()).with_context(|| {
+                format!(
+                    "the environment variable {} (named by server.api_keys_env) is not set",
+                    var.get_ref()
+                )
+            })?;
+            let keys = mideum_gateway::auth::StaticKeys::from_list(&list);
+            if keys.is_open() {
+                bail!("{} holds no API key", var.get_ref());
+            }
+            state.set_authenticator(Arc::new(keys));
+        }
+        let routes = mideum_gateway::route::Routes::build(cfg, &|n| state.has_local(n))
+            .map_err(anyhow::Error::msg)?;
+        state.set_routes(Arc::new(routes));
     }
     for s in &a.aliases {
         let Some((alias, target)) = s.split_once('=') else {

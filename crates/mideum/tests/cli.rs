@@ -386,3 +386,49 @@ fn bad_prompts_and_arguments() {
         "outside the model's vocabulary",
     );
 }
+
+#[test]
+fn serve_config_errors_name_the_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let bad = write(
+        "bad.toml",
+        "[backends.a]\ntype = \"openai\"\nregion = \"domestic\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[models.m]\nbackends = [\"b\"]\n",
+    );
+    fails_with(
+        &["serve", "--config", &bad],
+        "bad.toml:6: `models.m.backends`",
+    );
+    let syntax = write("syntax.toml", "[backends.a\n");
+    fails_with(&["serve", "--config", &syntax], "line 1");
+    fails_with(
+        &["serve", "--config", "/nonexistent/mideum.toml"],
+        "cannot read /nonexistent/mideum.toml",
+    );
+    let local = write(
+        "local.toml",
+        "[backends.l]\ntype = \"local\"\nserved = \"midm\"\n[models.m]\nbackends = [\"l\"]\n",
+    );
+    fails_with(
+        &["serve", "--config", &local],
+        "no local model named \"midm\"",
+    );
+    let keys = write(
+        "keys.toml",
+        "[server]\napi_keys_env = \"MIDEUM_TEST_SURELY_UNSET_KEYS\"\n",
+    );
+    fails_with(
+        &["serve", "--config", &keys],
+        "MIDEUM_TEST_SURELY_UNSET_KEYS",
+    );
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../mideum.example.toml");
+    // The example parses; it then stops at its first missing API key variable.
+    fails_with(
+        &["serve", "--config", &example.to_string_lossy()],
+        "is not set",
+    );
+}
