@@ -8,7 +8,7 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{constant_time_eq, hex, hmac_sha256, sha256_hex, ZERO_HASH};
-use crate::time::{now_ms, rfc3339};
+use crate::time::{day_key, month_key, now_ms, rfc3339};
 use crate::{Anchor, AuditFilter, Result, Store, StoreError};
 
 /// What happened in one request. Findings are entity types and counts, never values.
@@ -83,6 +83,21 @@ pub fn chain_rows(head: (u64, String), records: &[AuditRecord]) -> Result<Vec<St
         prev = hash;
     }
     Ok(rows)
+}
+
+/// The usage the records add, per (tenant, period): (requests, prompt tokens, completion
+/// tokens) for each record's UTC day and month. Stores apply these in the append transaction.
+pub fn usage_deltas(records: &[AuditRecord]) -> Vec<((String, String), (u64, u64, u64))> {
+    let mut m: std::collections::BTreeMap<(String, String), (u64, u64, u64)> = Default::default();
+    for r in records {
+        for period in [day_key(r.time_ms), month_key(r.time_ms)] {
+            let e = m.entry((r.tenant.clone(), period)).or_default();
+            e.0 += 1;
+            e.1 += r.prompt_tokens;
+            e.2 += r.completion_tokens;
+        }
+    }
+    m.into_iter().collect()
 }
 
 /// What kind of break [`verify`] found.

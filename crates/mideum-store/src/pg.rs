@@ -6,9 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use postgres::{Client, NoTls};
 
-use crate::audit::{chain_rows, AuditRecord, StoredRow};
+use crate::audit::{chain_rows, usage_deltas, AuditRecord, StoredRow};
 use crate::crypto::ZERO_HASH;
-use crate::time::{day_key, month_key};
 use crate::{
     Anchor, AuditFilter, KeyRecord, Result, Store, StoreError, Tenant, TenantConfig, Usage,
 };
@@ -189,38 +188,28 @@ impl Store for PgStore {
             (head.try_get::<_, i64>(0)? as u64, head.try_get(1)?),
             records,
         )?;
-        let ins = tx.prepare(
-            "INSERT INTO audit_log (seq, time_ms, tenant, prev_hash, hash, content) VALUES ($1,$2,$3,$4,$5,$6)",
+        // One statement for all rows (arrays unnested server-side) and one upsert per
+        // (tenant, period): a batch costs a handful of round trips, not three per record.
+        tx.execute(
+            "INSERT INTO audit_log (seq, time_ms, tenant, prev_hash, hash, content)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])",
+            &[
+                &rows.iter().map(|r| i(r.seq)).collect::<Vec<i64>>(),
+                &rows.iter().map(|r| i(r.time_ms)).collect::<Vec<i64>>(),
+                &rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<&str>>(),
+                &rows.iter().map(|r| r.prev_hash.as_str()).collect::<Vec<&str>>(),
+                &rows.iter().map(|r| r.hash.as_str()).collect::<Vec<&str>>(),
+                &rows.iter().map(|r| r.content.as_str()).collect::<Vec<&str>>(),
+            ],
         )?;
         let usage = tx.prepare(
-            "INSERT INTO usage (tenant, period, requests, prompt_tokens, completion_tokens) VALUES ($1, $2, 1, $3, $4)
-             ON CONFLICT (tenant, period) DO UPDATE SET requests = usage.requests + 1,
+            "INSERT INTO usage (tenant, period, requests, prompt_tokens, completion_tokens) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant, period) DO UPDATE SET requests = usage.requests + excluded.requests,
              prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens,
              completion_tokens = usage.completion_tokens + excluded.completion_tokens",
         )?;
-        for (row, rec) in rows.iter().zip(records) {
-            tx.execute(
-                &ins,
-                &[
-                    &i(row.seq),
-                    &i(row.time_ms),
-                    &row.tenant,
-                    &row.prev_hash,
-                    &row.hash,
-                    &row.content,
-                ],
-            )?;
-            for period in [day_key(rec.time_ms), month_key(rec.time_ms)] {
-                tx.execute(
-                    &usage,
-                    &[
-                        &rec.tenant,
-                        &period,
-                        &i(rec.prompt_tokens),
-                        &i(rec.completion_tokens),
-                    ],
-                )?;
-            }
+        for ((tenant, period), u) in usage_deltas(records) {
+            tx.execute(&usage, &[&tenant, &period, &i(u.0), &i(u.1), &i(u.2)])?;
         }
         if let Some(last) = rows.last() {
             tx.execute(

@@ -7,9 +7,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::audit::{chain_rows, AuditRecord, StoredRow};
+use crate::audit::{chain_rows, usage_deltas, AuditRecord, StoredRow};
 use crate::crypto::ZERO_HASH;
-use crate::time::{day_key, month_key};
 use crate::{
     Anchor, AuditFilter, KeyRecord, Result, Store, StoreError, Tenant, TenantConfig, Usage,
 };
@@ -198,13 +197,7 @@ impl Store for SqliteStore {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO audit_log (seq, time_ms, tenant, prev_hash, hash, content) VALUES (?1,?2,?3,?4,?5,?6)",
             )?;
-            let mut usage = tx.prepare_cached(
-                "INSERT INTO usage (tenant, period, requests, prompt_tokens, completion_tokens) VALUES (?1, ?2, 1, ?3, ?4)
-                 ON CONFLICT (tenant, period) DO UPDATE SET requests = requests + 1,
-                 prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-                 completion_tokens = completion_tokens + excluded.completion_tokens",
-            )?;
-            for (row, rec) in rows.iter().zip(records) {
+            for row in &rows {
                 ins.execute(params![
                     i(row.seq),
                     i(row.time_ms),
@@ -213,14 +206,15 @@ impl Store for SqliteStore {
                     row.hash,
                     row.content
                 ])?;
-                for period in [day_key(rec.time_ms), month_key(rec.time_ms)] {
-                    usage.execute(params![
-                        rec.tenant,
-                        period,
-                        i(rec.prompt_tokens),
-                        i(rec.completion_tokens)
-                    ])?;
-                }
+            }
+            let mut usage = tx.prepare_cached(
+                "INSERT INTO usage (tenant, period, requests, prompt_tokens, completion_tokens) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant, period) DO UPDATE SET requests = requests + excluded.requests,
+                 prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                 completion_tokens = completion_tokens + excluded.completion_tokens",
+            )?;
+            for ((tenant, period), u) in usage_deltas(records) {
+                usage.execute(params![tenant, period, i(u.0), i(u.1), i(u.2)])?;
             }
         }
         if let Some(last) = rows.last() {
