@@ -85,10 +85,15 @@ pub fn chain_rows(head: (u64, String), records: &[AuditRecord]) -> Result<Vec<St
     Ok(rows)
 }
 
+/// (tenant, period key).
+pub type TenantPeriod = (String, String);
+/// (requests, prompt tokens, completion tokens).
+pub type UsageDelta = (u64, u64, u64);
+
 /// The usage the records add, per (tenant, period): (requests, prompt tokens, completion
 /// tokens) for each record's UTC day and month. Stores apply these in the append transaction.
-pub fn usage_deltas(records: &[AuditRecord]) -> Vec<((String, String), (u64, u64, u64))> {
-    let mut m: std::collections::BTreeMap<(String, String), (u64, u64, u64)> = Default::default();
+pub fn usage_deltas(records: &[AuditRecord]) -> Vec<(TenantPeriod, UsageDelta)> {
+    let mut m: std::collections::BTreeMap<TenantPeriod, UsageDelta> = Default::default();
     for r in records {
         for period in [day_key(r.time_ms), month_key(r.time_ms)] {
             let e = m.entry((r.tenant.clone(), period)).or_default();

@@ -261,3 +261,99 @@ fn store_commands_reject_bad_input() {
     let (ok, out, _) = cli(&["audit", "verify", "--store", &store]);
     assert!(ok && out.starts_with("ok: 0 records"), "{out}");
 }
+
+/// Over the real request path: a tenant's burst over its rate limit gets 429 with Retry-After
+/// in OpenAI's shape, a budget stops a tenant, a key cannot use a model its tenant may not,
+/// and each tenant's usage counts only its own requests.
+#[test]
+fn limits_and_isolation_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("store.db").display());
+    assert!(cli(&["tenants", "add", "acme", "--rpm", "2", "--store", &store]).0);
+    assert!(
+        cli(&[
+            "tenants",
+            "add",
+            "globex",
+            "--models",
+            "other-model",
+            "--store",
+            &store
+        ])
+        .0
+    );
+    assert!(
+        cli(&[
+            "tenants",
+            "add",
+            "tiny",
+            "--tokens-per-day",
+            "1",
+            "--store",
+            &store
+        ])
+        .0
+    );
+    let key = |t: &str| {
+        cli(&["keys", "create", t, "--store", &store])
+            .1
+            .trim()
+            .to_string()
+    };
+    let (ka, kg, kt) = (key("acme"), key("globex"), key("tiny"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = start(port, &store);
+    let body =
+        r#"{"model":"tiny-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
+    let raw = |k: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {k}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let status = |r: &str| r.split_whitespace().nth(1).unwrap_or("").to_string();
+    assert_eq!(status(&raw(&ka)), "200");
+    assert_eq!(status(&raw(&ka)), "200");
+    let r = raw(&ka);
+    assert_eq!(status(&r), "429", "{r}");
+    assert!(r.to_ascii_lowercase().contains("retry-after: 30"), "{r}");
+    assert!(
+        r.contains("\"code\":\"rate_limit_exceeded\"")
+            && r.contains("\"type\":\"rate_limit_error\""),
+        "{r}"
+    );
+    // Another tenant's key: refused for a model it may not use.
+    let r = raw(&kg);
+    assert_eq!(status(&r), "403", "{r}");
+    // Budget of 1 token a day: the first request passes (± one request), the next is refused.
+    assert_eq!(status(&raw(&kt)), "200");
+    let r = raw(&kt);
+    assert_eq!(status(&r), "429", "{r}");
+    assert!(r.contains("insufficient_quota"), "{r}");
+    // No key, a made-up key: 401.
+    assert_eq!(status(&raw("mdk_000000000000_00")), "401");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // Usage and audit records stay per tenant.
+    let (_, out, _) = cli(&["audit", "export", "--tenant", "acme", "--store", &store]);
+    assert!(
+        out.lines().count() >= 3 && out.lines().all(|l| l.contains("\"tenant\":\"acme\"")),
+        "{out}"
+    );
+    let (_, out, _) = cli(&["audit", "export", "--tenant", "globex", "--store", &store]);
+    assert!(
+        out.lines().count() == 1 && out.contains("\"status\":403"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&["audit", "verify", "--store", &store]);
+    assert!(ok, "{err}");
+}
