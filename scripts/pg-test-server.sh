@@ -16,6 +16,10 @@ if [ -z "$bindir" ]; then
   for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && bindir="$d"; done
 fi
 [ -n "$bindir" ] || { echo "pg-test-server: no initdb found after install" >&2; exit 1; }
+# Take the next free port when PORT is busy (e.g. a server left from an earlier run).
+for _ in $(seq 1 50); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then PORT=$((PORT + 1)); else break; fi
+done
 run_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
