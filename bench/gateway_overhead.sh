@@ -47,15 +47,17 @@ curl -s -D - -o /dev/null -H 'content-type: application/json' \
   -d '{"model":"m","messages":[{"role":"user","content":"연락처 010-1234-5678"}]}' \
   "http://127.0.0.1:$GW_PORT/v1/chat/completions" | grep -i '^x-mideum' || true
 
-printf '%-6s | %-34s | %-34s | %s\n' rate "direct p50/p99 ms (achieved rps)" "mideum p50/p99 ms (achieved rps)" "added p50/p99 ms"
+printf '%-6s | %-34s | %-34s | %-16s | %s\n' rate "direct p50/p99 ms (rps, errors)" "mideum p50/p99 ms (rps, errors)" "added p50/p99 ms" "mideum RSS after"
 for r in "${RATES[@]}"; do
     d=$("$OVERHEAD_BIN" load "http://127.0.0.1:$STUB_PORT/v1/chat/completions" "$r" "$SECS")
     g=$("$OVERHEAD_BIN" load "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$r" "$SECS")
-    python3 - "$r" "$d" "$g" <<'PY'
+    rss=$(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' /proc/$GW_PID/status)
+    python3 - "$r" "$d" "$g" "$rss" <<'PY'
 import json, sys
-r, d, g = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+r, d, g, rss = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
 f = lambda x: f"{x['p50_ms']:.2f}/{x['p99_ms']:.2f} ({x['achieved_rps']:.0f}, err {x['errors']+x['dropped_over_limit']})"
-print(f"{r:<6} | {f(d):<34} | {f(g):<34} | {g['p50_ms']-d['p50_ms']:.2f}/{g['p99_ms']-d['p99_ms']:.2f}")
+added = f"{g['p50_ms']-d['p50_ms']:.2f}/{g['p99_ms']-d['p99_ms']:.2f}"
+print(f"{r:<6} | {f(d):<34} | {f(g):<34} | {added:<16} | {rss}")
 PY
 done
-echo "mideum memory: $(grep -E 'VmRSS|VmHWM' /proc/$GW_PID/status | tr -s ' ' | tr '\n' ' ')"
+echo "mideum memory at the end: $(grep -E 'VmRSS|VmHWM' /proc/$GW_PID/status | tr -s ' ' | tr '\n' ' ')"

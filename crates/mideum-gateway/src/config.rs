@@ -125,6 +125,8 @@ pub struct BackendCfg {
     /// local: threads for the forward pass (0 = all cores).
     #[serde(default)]
     pub threads: usize,
+    /// local with `path`: quantize the weights on load (q8_0, q4_0, q4_k, q5_k, q6_k).
+    pub quant: Option<Spanned<String>>,
     /// openai / azure_openai: where the data goes.
     pub region: Option<Spanned<Region>>,
     /// openai: base URL including `/v1`; or `endpoints` for a pool.
@@ -345,6 +347,25 @@ impl Config {
                             "a local backend takes no region, URL or key".into(),
                         ));
                     }
+                    if let Some(q) = &bc.quant {
+                        if bc.path.is_none() {
+                            return Err(err(
+                                &q.span(),
+                                &format!("{key}.quant"),
+                                "`quant` applies to a model loaded from `path`".into(),
+                            ));
+                        }
+                        if mideum_model::QuantType::parse(q.get_ref()).is_none() {
+                            return Err(err(
+                                &q.span(),
+                                &format!("{key}.quant"),
+                                format!(
+                                    "{:?} is not one of q8_0, q4_0, q4_k, q5_k, q6_k",
+                                    q.get_ref()
+                                ),
+                            ));
+                        }
+                    }
                 }
                 BackendType::Openai => {
                     need(bc.region.is_some(), "`region` (domestic or overseas)")?;
@@ -547,6 +568,11 @@ mod tests {
         assert!(e.contains("m.toml:2") && e.contains("KR_FOO"), "{e}");
         let e = bad("[policies.default.rules]\nKR_PHONE = { overseas = \"maybe\" }\n");
         assert!(e.contains("line 2"), "{e}");
+        let e = bad("[backends.a]\ntype = \"local\"\npath = \"m\"\nquant = \"q3\"\n");
+        assert!(
+            e.contains("m.toml:4") && e.contains("backends.a.quant"),
+            "{e}"
+        );
         let e = bad("[backends.a]\ntype = \"local\"\n");
         assert!(e.contains("m.toml:1") && e.contains("served"), "{e}");
         let e = bad("[server]\nport = 1\n");

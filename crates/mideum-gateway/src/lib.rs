@@ -1,6 +1,8 @@
 //! Mideum's HTTP API: OpenAI-compatible endpoints (`/v1/chat/completions`,
 //! `/v1/completions`, `/v1/models`) over the local engines, plus `/health`, `/ready` and
 //! `/metrics`. Requests are validated field by field and answered with OpenAI-shaped errors.
+//! With a `mideum.toml` ([`config`]), public models are routed per request by a
+//! data-sovereignty [`policy`] to local engines or OpenAI-compatible [`upstream`]s ([`route`]).
 
 pub mod admin;
 pub mod auth;

@@ -129,16 +129,21 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         for (bname, b) in &cfg.backends {
             let b = b.get_ref();
             let Some(path) = &b.path else { continue };
-            let m = crate::load_model(std::path::Path::new(path.get_ref()), b.threads, a.ctx_size)
-                .with_context(|| {
-                    format!(
-                        "backend {bname:?} in {}",
-                        a.config
-                            .as_ref()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_default()
-                    )
-                })?;
+            let m = crate::load_model_quant(
+                std::path::Path::new(path.get_ref()),
+                b.threads,
+                a.ctx_size,
+                b.quant.as_ref().map(|q| q.get_ref().as_str()),
+            )
+            .with_context(|| {
+                format!(
+                    "backend {bname:?} in {}",
+                    a.config
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                )
+            })?;
             let block_bytes = m.model.kv_block_bytes();
             let kv_blocks = (kv_mb * 1024 * 1024 / block_bytes).max(2);
             let cfg = EngineConfig {
