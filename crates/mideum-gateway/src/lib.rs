@@ -4,6 +4,7 @@
 //! With a `mideum.toml` ([`config`]), public models are routed per request by a
 //! data-sovereignty [`policy`] to local engines or OpenAI-compatible [`upstream`]s ([`route`]).
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod params;
 pub mod policy;
 pub mod route;
 pub mod scan;
+pub mod tenants;
 pub mod tools;
 pub mod upstream;
 
@@ -49,6 +51,8 @@ pub struct AppState {
     pub auth: Arc<dyn auth::Authenticator>,
     /// Receives one record per request (a counting log by default).
     pub audit: Arc<dyn auth::AuditSink>,
+    /// The `/admin/` API, when a tenant store is configured.
+    pub admin: Option<Arc<admin::Admin>>,
     /// Models routed by `mideum.toml` (none: only the `--model` models, all local).
     pub routes: Option<Arc<route::Routes>>,
 }
@@ -63,6 +67,7 @@ impl AppState {
             counter: AtomicU64::new(0),
             auth: Arc::new(auth::StaticKeys::open()),
             audit: Arc::new(auth::LogSink),
+            admin: None,
             routes: None,
         }
     }
@@ -260,6 +265,10 @@ async fn not_found() -> ApiError {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let admin = match &state.admin {
+        Some(a) => admin::router(a.clone()),
+        None => Router::new(),
+    };
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(retrieve_model))
@@ -271,6 +280,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(state)
+        .merge(admin)
 }
 
 /// Serves until Ctrl-C / SIGTERM.

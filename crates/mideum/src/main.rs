@@ -8,6 +8,7 @@ mod models;
 mod quantize;
 mod scan;
 mod serve;
+mod tenancy;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -49,6 +50,12 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Serve models over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Tenants of the store: add, list, show.
+    Tenants(tenancy::TenantsArgs),
+    /// API keys of the store: create, list, revoke.
+    Keys(tenancy::KeysArgs),
+    /// The audit trail: verify, export, prune, bench.
+    Audit(tenancy::AuditArgs),
     /// Download a model from the hub (or a mirror) into the local store.
     Pull(models::PullArgs),
     /// Models in the local store.
@@ -458,6 +465,9 @@ fn main() {
         Command::Perplexity(a) => cmd_perplexity(a),
         Command::Scan(a) => scan::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Tenants(a) => tenancy::run_tenants(a),
+        Command::Keys(a) => tenancy::run_keys(a),
+        Command::Audit(a) => tenancy::run_audit(a),
         Command::Pull(a) => models::run_pull(a),
         Command::List(a) => models::run_list(a),
         Command::Rm(a) => models::run_rm(a),

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Seconds a request may run before it is ended (0 = no limit).
     #[arg(long, default_value_t = 600)]
     pub request_timeout: u64,
+    /// Tenant store (`sqlite:PATH` or `postgres://…`): API keys, limits and the durable audit
+    /// trail come from it, and `/admin/` is served (admin token in MIDEUM_ADMIN_TOKEN).
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 fn physical_memory_mb() -> Option<usize> {
@@ -191,6 +195,32 @@ pub fn run(a: &ServeArgs) -> Result<()> {
             bail!("--alias {s:?}: no served model is named {target:?}");
         }
     }
+    let tenants = match &a.store {
+        Some(url) => {
+            let redacted = crate::tenancy::redact(url);
+            let open = || {
+                mideum_store::open(url).with_context(|| format!("cannot open the store {redacted}"))
+            };
+            let lookups: Arc<dyn mideum_store::Store> = Arc::from(open()?);
+            let sa = Arc::new(
+                mideum_gateway::tenants::StoreAuth::new(lookups.clone(), open()?)
+                    .context("cannot start the audit writer")?,
+            );
+            state.set_authenticator(sa.clone());
+            state.set_audit_sink(sa.clone());
+            let token = std::env::var("MIDEUM_ADMIN_TOKEN").ok();
+            if token.as_deref().is_none_or(str::is_empty) {
+                eprintln!("MIDEUM_ADMIN_TOKEN is not set: /admin/ answers only tenants' own read requests");
+            }
+            let key = mideum_store::crypto::audit_key_from_env()?;
+            state.admin = Some(Arc::new(mideum_gateway::admin::Admin::new(
+                lookups, token, key,
+            )));
+            eprintln!("tenants, keys and audit from {redacted}");
+            Some(sa)
+        }
+        None => None,
+    };
     let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -209,5 +239,9 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         mideum_gateway::serve(listener, state)
             .await
             .context("server error")
-    })
+    })?;
+    if let Some(t) = tenants {
+        t.shutdown();
+    }
+    Ok(())
 }
