@@ -525,20 +525,46 @@ impl ActQ8 {
         self.k = k;
     }
 
-    /// Quantizes block `b` (counted over all rows) from the floats `xb`.
+    /// Quantizes block `b` (counted over all rows) from the floats `xb`, with the arithmetic
+    /// of llama.cpp's x86 builds, so that both engines feed the same integers to the dot
+    /// products:
+    /// - B32 (its `quantize_row_q8_0`, AVX2 path): `d = amax/127` stored as f16, values
+    ///   `x·(127/amax)` rounded to nearest, ties to even;
+    /// - K256 (its `quantize_row_q8_K_ref`): the element of largest magnitude `max` (signed)
+    ///   maps to exactly −127, `q = min(127, round_ties_even(x·(−127/max)))`, `d = −max/127`
+    ///   as f32 (so `d` is negative when `max` is positive).
     #[inline]
     fn put_block(&mut self, b: usize, xb: &[f32], kind: ActKind) {
         let be = xb.len();
         let qb = &mut self.qs[b * be..(b + 1) * be];
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let mut d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        if kind == ActKind::B32 {
-            d = f16::from_f32(d).to_f32();
-        }
-        self.d[b] = d;
-        for (q, &v) in qb.iter_mut().zip(xb) {
-            *q = ((v * id).round() as i32).clamp(-127, 127) as i8;
+        match kind {
+            ActKind::B32 => {
+                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                self.d[b] = f16::from_f32(amax / 127.0).to_f32();
+                for (q, &v) in qb.iter_mut().zip(xb) {
+                    *q = ((v * id).round_ties_even() as i32).clamp(-127, 127) as i8;
+                }
+            }
+            ActKind::K256 => {
+                let (mut max, mut amax) = (0f32, 0f32);
+                for &v in xb {
+                    if v.abs() > amax {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                if amax == 0.0 {
+                    qb.iter_mut().for_each(|q| *q = 0);
+                    self.d[b] = 0.0;
+                } else {
+                    let iscale = -127.0 / max;
+                    for (q, &v) in qb.iter_mut().zip(xb) {
+                        *q = ((iscale * v).round_ties_even() as i32).clamp(-127, 127) as i8;
+                    }
+                    self.d[b] = 1.0 / iscale;
+                }
+            }
         }
         match kind {
             ActKind::B32 => self.sums[b] = qb.iter().map(|&q| q as i32).sum(),
