@@ -63,35 +63,11 @@ impl QKernel {
     /// `qt.act_kind()` with the same number of elements.
     #[inline]
     pub fn dot(self, qt: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
-        let k = a.qs.len();
-        assert!(
-            k.is_multiple_of(qt.block_elems()) && w.len() >= qt.row_bytes(k),
-            "quantized row shape"
-        );
-        assert!(
-            a.d.len() * qt.block_elems() >= k
-                && a.sums.len()
-                    >= match qt.act_kind() {
-                        crate::quant::ActKind::B32 => k / 32,
-                        crate::quant::ActKind::K256 => k / 16,
-                    },
-            "activation row shape"
-        );
-        match self {
-            QKernel::Scalar => scalar_dot(qt, w, a),
-            // SAFETY: `available`/`detect` only return this variant when the CPU has every
-            // feature the functions are compiled for; the shapes were checked above, which is
-            // what the functions' raw-pointer reads rely on.
-            #[cfg(target_arch = "x86_64")]
-            QKernel::Avx512Vnni => unsafe { x86::vnni::dot_rows::<1>(qt, w, &[a])[0] },
-            // SAFETY: as above, for AVX2/FMA/F16C.
-            #[cfg(target_arch = "x86_64")]
-            QKernel::Avx2 => unsafe { x86::avx2::dot_rows::<1>(qt, w, &[a])[0] },
-        }
+        self.dot_tile::<1, 1>(qt, [w], &[a])[0][0]
     }
 
     /// `w · a[r]` for `R` activation rows at once: each weight block is loaded and unpacked
-    /// once for all of them (the prefill / batched-decode micro-kernel).
+    /// once for all of them.
     #[inline]
     pub fn dot_rows<const R: usize>(
         self,
@@ -99,14 +75,29 @@ impl QKernel {
         w: &[u8],
         a: &[ActRow<'_>; R],
     ) -> [f32; R] {
+        self.dot_tile::<1, R>(qt, [w], a)[0]
+    }
+
+    /// The micro-kernel: `out[i][r] = w[i] · a[r]` for `RW` weight rows and `RA` activation
+    /// rows of the same length. Each weight block is unpacked once for all activation rows and
+    /// each activation block loaded once for all weight rows (decode uses `RA = 1` with several
+    /// weight rows side by side, prefill a few of each).
+    #[inline]
+    pub fn dot_tile<const RW: usize, const RA: usize>(
+        self,
+        qt: QuantType,
+        w: [&[u8]; RW],
+        a: &[ActRow<'_>; RA],
+    ) -> [[f32; RA]; RW] {
         let Some(first) = a.first() else {
-            return [0f32; R];
+            return [[0f32; RA]; RW];
         };
         let k = first.qs.len();
-        assert!(
-            k.is_multiple_of(qt.block_elems()) && w.len() >= qt.row_bytes(k),
-            "quantized row shape"
-        );
+        let rb = qt.row_bytes(k);
+        assert!(k.is_multiple_of(qt.block_elems()), "quantized row shape");
+        for wr in &w {
+            assert!(wr.len() >= rb, "quantized row shape");
+        }
         let ns = match qt.act_kind() {
             crate::quant::ActKind::B32 => k / 32,
             crate::quant::ActKind::K256 => k / 16,
@@ -118,13 +109,17 @@ impl QKernel {
             );
         }
         match self {
-            QKernel::Scalar => a.map(|r| scalar_dot(qt, w, r)),
-            // SAFETY: as in `dot`; every row's shape was checked above.
+            QKernel::Scalar => w.map(|wr| a.map(|r| scalar_dot(qt, wr, r))),
+            // SAFETY: `available`/`detect` only return this variant when the CPU has every
+            // feature the kernels are compiled for; the shapes were checked above, which is
+            // what their raw-pointer reads rely on.
             #[cfg(target_arch = "x86_64")]
-            QKernel::Avx512Vnni => unsafe { x86::vnni::dot_rows::<R>(qt, w, a) },
+            QKernel::Avx512Vnni => unsafe {
+                x86::vnni::tile::<RW, RA>(qt, &w.map(|r| r.as_ptr()), a)
+            },
             // SAFETY: as above, for AVX2/FMA/F16C.
             #[cfg(target_arch = "x86_64")]
-            QKernel::Avx2 => unsafe { x86::avx2::dot_rows::<R>(qt, w, a) },
+            QKernel::Avx2 => unsafe { x86::avx2::tile::<RW, RA>(qt, &w.map(|r| r.as_ptr()), a) },
         }
     }
 }
@@ -236,315 +231,377 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
-    /// The kernels, instantiated once per instruction set: each module supplies `dp(u, a)`
-    /// (per-lane sums of four u8×i8 products, u ≤ 63) and `q8_block(w, a, Σa)` (per-lane
-    /// partial sums of one signed Q8_0 block), compiled with the module's target features.
+    /// Bytes ahead of the current block that the kernels prefetch in each weight row: decode
+    /// reads every weight once, straight from DRAM, several rows side by side (8 KiB beat
+    /// 0.25–4 KiB on this machine's AVX2 decode runs, within its large run-to-run noise).
+    const PF: usize = 8192;
+
+    /// The 8 six-bit scales and the 8 mins of a Q4_K/Q5_K block as little-endian byte lanes
+    /// of two u64 (`scales[j]` is byte `j`), from its 12 packed bytes (see
+    /// [`scale_min_k4`]: sub-blocks 0..4 keep 6 bits in bytes 0..8, sub-blocks 4..8 take their
+    /// low nibbles from bytes 8..12 and their top two bits from bits 6..8 of bytes 0..8).
+    ///
+    /// # Safety
+    /// `p` points at 12 readable bytes.
+    #[inline(always)]
+    unsafe fn unpack_k4_scales(p: *const u8) -> (u64, u64) {
+        // SAFETY: 12 readable bytes at `p`, read as three unaligned u32.
+        let (a, b, c) = unsafe {
+            (
+                (p as *const u32).read_unaligned(),
+                (p.add(4) as *const u32).read_unaligned(),
+                (p.add(8) as *const u32).read_unaligned(),
+            )
+        };
+        const LOW6: u32 = 0x3f3f_3f3f;
+        const LOW4: u32 = 0x0f0f_0f0f;
+        const TOP2: u32 = 0x0303_0303;
+        let sc_lo = a & LOW6;
+        let m_lo = b & LOW6;
+        let sc_hi = (c & LOW4) | (((a >> 6) & TOP2) << 4);
+        let m_hi = ((c >> 4) & LOW4) | (((b >> 6) & TOP2) << 4);
+        (
+            sc_lo as u64 | (sc_hi as u64) << 32,
+            m_lo as u64 | (m_hi as u64) << 32,
+        )
+    }
+
+    /// The kernels, instantiated once per instruction set: each module supplies
+    /// `q8_block(w, a, Σa)` (per-lane partial sums of one signed block of 32, |w| ≤ 128),
+    /// compiled with the module's target features. The K-quants use `vpmaddubsw` +
+    /// `vpmaddwd` with the sub-block scale as the second factor in both.
+    ///
+    /// Every kernel computes a tile: `RW` weight rows against `RA` activation rows, so that
+    /// each weight block is loaded and unpacked once for all `RA` activation rows and each
+    /// activation block once for all `RW` weight rows (decode: `RW` rows side by side keep
+    /// several independent streams of loads in flight).
     macro_rules! kernels {
         ($feat:literal) => {
             /// # Safety
-            /// See [`dot_q8_0`].
+            /// The CPU has the module's features; every `w[i]` points at a full row of
+            /// `a[0].qs.len() / block_elems` blocks of `qt`; every `a[r]` has that many values,
+            /// a scale per block and its sums (checked by the callers).
             #[inline]
             #[target_feature(enable = $feat)]
-            pub unsafe fn dot_rows<const R: usize>(
+            pub unsafe fn tile<const RW: usize, const RA: usize>(
                 qt: QuantType,
-                w: &[u8],
-                a: &[ActRow<'_>; R],
-            ) -> [f32; R] {
+                w: &[*const u8; RW],
+                a: &[ActRow<'_>; RA],
+            ) -> [[f32; RA]; RW] {
                 // SAFETY: the caller's contract is the callee's.
                 unsafe {
                     match qt {
-                        QuantType::Q8_0 => dot_q8_0::<R>(w, a),
-                        QuantType::Q4_0 => dot_q4_0::<R>(w, a),
-                        QuantType::Q4K => dot_k_asym::<false, R>(w, a),
-                        QuantType::Q5K => dot_k_asym::<true, R>(w, a),
-                        QuantType::Q6K => dot_q6k::<R>(w, a),
+                        QuantType::Q8_0 => tile_b32::<false, RW, RA>(w, a),
+                        QuantType::Q4_0 => tile_b32::<true, RW, RA>(w, a),
+                        QuantType::Q4K => tile_k_asym::<false, RW, RA>(w, a),
+                        QuantType::Q5K => tile_k_asym::<true, RW, RA>(w, a),
+                        QuantType::Q6K => tile_q6k::<RW, RA>(w, a),
                     }
                 }
             }
 
-            /// # Safety
-            /// CPU has AVX-512 VNNI/VL/BW, AVX2, FMA, F16C; `w` holds `a[r].qs.len() / 32` blocks and
-            /// every `a[r]` has that many values, a scale and a sum per block (checked by the callers).
             #[inline]
             #[target_feature(enable = $feat)]
-            pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
-                let nb = a[0].qs.len() / 32;
-                let mut acc = [_mm256_setzero_ps(); R];
-                let wp = w.as_ptr();
-                for b in 0..nb {
-                    // SAFETY (whole loop body): block b < nb lies inside `w` (34 bytes each) and `a`.
-                    unsafe {
-                        let blk = wp.add(b * 34);
-                        // Stream ahead: a decode matmul reads each weight once, straight from DRAM.
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(34 * 16) as *const i8);
-                        let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                        let dw = ld_f16(blk);
-                        for r in 0..R {
-                            let av =
-                                _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
-                            let p = q8_block(wq, av, *a[r].sums.get_unchecked(b));
-                            let s = dw * *a[r].d.get_unchecked(b);
-                            acc[r] =
-                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
-                        }
+            fn finish<const RW: usize, const RA: usize>(acc: [[__m256; RA]; RW]) -> [[f32; RA]; RW] {
+                let mut out = [[0f32; RA]; RW];
+                for i in 0..RW {
+                    for r in 0..RA {
+                        out[i][r] = hsum256(acc[i][r]);
                     }
-                }
-                let mut out = [0f32; R];
-                for r in 0..R {
-                    out[r] = hsum256(acc[r]);
                 }
                 out
             }
 
+            /// Q8_0 (34-byte blocks) and Q4_0 (18-byte blocks, made signed as `n − 8`).
+            ///
             /// # Safety
-            /// As [`dot_q8_0`], with 18-byte blocks.
+            /// As [`tile`].
             #[inline]
             #[target_feature(enable = $feat)]
-            pub unsafe fn dot_q4_0<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+            unsafe fn tile_b32<const Q4: bool, const RW: usize, const RA: usize>(
+                w: &[*const u8; RW],
+                a: &[ActRow<'_>; RA],
+            ) -> [[f32; RA]; RW] {
                 let nb = a[0].qs.len() / 32;
-                let m4 = _mm_set1_epi8(0xF);
-                let mut acc = [_mm256_setzero_ps(); R];
-                let wp = w.as_ptr();
+                let pf = PF;
+                let bb = if Q4 { 18 } else { 34 };
+                let m4 = _mm256_set1_epi8(0xF);
+                let eight = _mm256_set1_epi8(8);
+                // Low 128-bit lane: low nibbles (elements 0..16); high lane: high nibbles.
+                let nib_shift = _mm256_setr_epi64x(0, 0, 4, 4);
+                let mut acc = [[_mm256_setzero_ps(); RA]; RW];
                 for b in 0..nb {
-                    // SAFETY (whole loop body): block b < nb lies inside `w` (18 bytes each) and `a`.
+                    // SAFETY (whole loop body): block b < nb lies inside every row and every
+                    // activation row (the caller's contract).
                     unsafe {
-                        let blk = wp.add(b * 18);
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(18 * 32) as *const i8);
-                        let q = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                        let lo = _mm_and_si128(q, m4);
-                        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
-                        let wq = _mm256_set_m128i(hi, lo);
-                        let dw = ld_f16(blk);
-                        for r in 0..R {
-                            let av =
-                                _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
-                            let p = dp(wq, av);
-                            let corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(
-                                8 * *a[r].sums.get_unchecked(b),
-                            ));
-                            let p = _mm256_sub_epi32(p, corr);
-                            let s = dw * *a[r].d.get_unchecked(b);
-                            acc[r] =
-                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc[r]);
+                        let mut av = [_mm256_setzero_si256(); RA];
+                        let mut da = [0f32; RA];
+                        let mut sa = [0i32; RA];
+                        for r in 0..RA {
+                            av[r] = _mm256_loadu_si256(a[r].qs.as_ptr().add(b * 32) as *const __m256i);
+                            da[r] = *a[r].d.get_unchecked(b);
+                            sa[r] = *a[r].sums.get_unchecked(b);
+                        }
+                        for i in 0..RW {
+                            let blk = w[i].add(b * bb);
+                            // One prefetch per cache line: every 2nd Q8_0 / 4th Q4_0 block.
+                            if b % if Q4 { 4 } else { 2 } == 0 {
+                                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(pf) as *const i8);
+                            }
+                            let wq = if Q4 {
+                                let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                                    blk.add(2) as *const __m128i,
+                                ));
+                                _mm256_sub_epi8(
+                                    _mm256_and_si256(_mm256_srlv_epi64(q, nib_shift), m4),
+                                    eight,
+                                )
+                            } else {
+                                _mm256_loadu_si256(blk.add(2) as *const __m256i)
+                            };
+                            let dw = ld_f16(blk);
+                            for r in 0..RA {
+                                let p = q8_block(wq, av[r], sa[r]);
+                                acc[i][r] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(p),
+                                    _mm256_set1_ps(dw * da[r]),
+                                    acc[i][r],
+                                );
+                            }
                         }
                     }
                 }
-                let mut out = [0f32; R];
-                for r in 0..R {
-                    out[r] = hsum256(acc[r]);
-                }
-                out
+                finish(acc)
             }
 
             /// Q4_K and Q5_K share everything but the fifth bit.
             ///
             /// # Safety
-            /// As [`dot_q8_0`], with 144/176-byte blocks and K256 activations.
+            /// As [`tile`], with 144/176-byte blocks and K256 activations.
             #[inline]
             #[target_feature(enable = $feat)]
-            pub unsafe fn dot_k_asym<const FIVE: bool, const R: usize>(
-                w: &[u8],
-                a: &[ActRow<'_>; R],
-            ) -> [f32; R] {
+            unsafe fn tile_k_asym<const FIVE: bool, const RW: usize, const RA: usize>(
+                w: &[*const u8; RW],
+                a: &[ActRow<'_>; RA],
+            ) -> [[f32; RA]; RW] {
                 let nb = a[0].qs.len() / QK_K;
+                let pf = PF;
                 let bb = if FIVE { 176 } else { 144 };
                 let m4 = _mm256_set1_epi8(0xF);
+                let one = _mm256_set1_epi8(1);
                 let zero = _mm256_setzero_si256();
-                let mut acc = [_mm256_setzero_ps(); R];
-                let mut mins_total = [0f32; R];
-                let wp = w.as_ptr();
+                let mut acc = [[_mm256_setzero_ps(); RA]; RW];
                 for b in 0..nb {
-                    // SAFETY (whole loop body): block b < nb lies inside `w` and `a` (checked by the
-                    // caller); every offset below stays inside one block.
+                    // SAFETY (whole loop body): block b < nb lies inside every row and every
+                    // activation row; every offset below stays inside one block.
                     unsafe {
-                        let blk = wp.add(b * bb);
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb + 64) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * bb + 128) as *const i8);
-                        let scales = std::slice::from_raw_parts(blk.add(4), 12);
-                        let mut sc = [0i32; 8];
-                        let mut mn = [0i32; 8];
-                        for j in 0..8 {
-                            let (s, m) = scale_min_k4(j, scales);
-                            sc[j] = s as i32;
-                            mn[j] = m as i32;
-                        }
-                        let qs = blk.add(if FIVE { 48 } else { 16 });
-                        let qh = if FIVE {
-                            _mm256_loadu_si256(blk.add(16) as *const __m256i)
-                        } else {
-                            zero
-                        };
-                        let mut sumi = [zero; R];
-                        for c in 0..4 {
-                            let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                            let mut lo = _mm256_and_si256(q, m4);
-                            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                            if FIVE {
-                                let b0 = _mm256_set1_epi8(1 << (2 * c));
-                                let b1 = _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8);
-                                let sixteen = _mm256_set1_epi8(16);
-                                lo = _mm256_or_si256(
-                                    lo,
-                                    _mm256_and_si256(
-                                        _mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0),
-                                        sixteen,
-                                    ),
-                                );
-                                hi = _mm256_or_si256(
-                                    hi,
-                                    _mm256_and_si256(
-                                        _mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1),
-                                        sixteen,
-                                    ),
-                                );
-                            }
-                            let s0 = _mm256_set1_epi32(sc[2 * c]);
-                            let s1 = _mm256_set1_epi32(sc[2 * c + 1]);
-                            for r in 0..R {
-                                let aq = a[r].qs.as_ptr().add(b * QK_K);
-                                let a0 = _mm256_loadu_si256(aq.add(64 * c) as *const __m256i);
-                                let a1 = _mm256_loadu_si256(aq.add(64 * c + 32) as *const __m256i);
-                                let p0 = dp(lo, a0);
-                                let p1 = dp(hi, a1);
-                                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p0, s0));
-                                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p1, s1));
-                            }
-                        }
-                        let dw = ld_f16(blk);
-                        let dmw = ld_f16(blk.add(2));
-                        for r in 0..R {
-                            let sums = a[r].sums.get_unchecked(b * 16..b * 16 + 16);
-                            let mut summ = 0i32;
-                            for j in 0..8 {
-                                summ += mn[j] * (sums[2 * j] + sums[2 * j + 1]);
-                            }
-                            let da = *a[r].d.get_unchecked(b);
-                            acc[r] = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(sumi[r]),
-                                _mm256_set1_ps(dw * da),
-                                acc[r],
+                        // Per activation row: its scale and its sums per 32 (sub-block order).
+                        let mut da = [0f32; RA];
+                        let mut pair = [zero; RA];
+                        for r in 0..RA {
+                            da[r] = *a[r].d.get_unchecked(b);
+                            let s = a[r].sums.as_ptr().add(b * 16);
+                            let h = _mm256_hadd_epi32(
+                                _mm256_loadu_si256(s as *const __m256i),
+                                _mm256_loadu_si256(s.add(8) as *const __m256i),
                             );
-                            mins_total[r] += dmw * da * summ as f32;
+                            pair[r] = _mm256_permute4x64_epi64::<0b11_01_10_00>(h);
+                        }
+                        for i in 0..RW {
+                            let blk = w[i].add(b * bb);
+                            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(pf) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(pf + 64) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(pf + 128) as *const i8);
+                            let (sc, mn) = unpack_k4_scales(blk.add(4));
+                            // Scales as i16, both 128-bit lanes holding all eight.
+                            let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(
+                                _mm_cvtsi64_si128(sc as i64),
+                            ));
+                            let mn32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64));
+                            let qs = blk.add(if FIVE { 48 } else { 16 });
+                            let qh = if FIVE {
+                                _mm256_loadu_si256(blk.add(16) as *const __m256i)
+                            } else {
+                                zero
+                            };
+                            let mut sumi = [zero; RA];
+                            for c in 0..4 {
+                                let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                let mut lo = _mm256_and_si256(q, m4);
+                                let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                                if FIVE {
+                                    let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32));
+                                    lo = _mm256_or_si256(
+                                        lo,
+                                        _mm256_slli_epi16(_mm256_and_si256(h, one), 4),
+                                    );
+                                    hi = _mm256_or_si256(
+                                        hi,
+                                        _mm256_slli_epi16(
+                                            _mm256_and_si256(_mm256_srli_epi16(h, 1), one),
+                                            4,
+                                        ),
+                                    );
+                                }
+                                // Scale of sub-block 2c (resp. 2c + 1) in every i16 lane.
+                                let s0 = _mm256_shuffle_epi8(
+                                    sc16,
+                                    _mm256_set1_epi16((((4 * c + 1) << 8) | (4 * c)) as i16),
+                                );
+                                let s1 = _mm256_shuffle_epi8(
+                                    sc16,
+                                    _mm256_set1_epi16((((4 * c + 3) << 8) | (4 * c + 2)) as i16),
+                                );
+                                for r in 0..RA {
+                                    let aq = a[r].qs.as_ptr().add(b * QK_K + 64 * c);
+                                    let a0 = _mm256_loadu_si256(aq as *const __m256i);
+                                    let a1 = _mm256_loadu_si256(aq.add(32) as *const __m256i);
+                                    // u8 nibbles × i8: pair sums ≤ 2·31·127 fit i16; times the
+                                    // 6-bit scale, pair sums fit i32.
+                                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), s0);
+                                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), s1);
+                                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p0, p1));
+                                }
+                            }
+                            let dw = ld_f16(blk);
+                            let dmw = ld_f16(blk.add(2));
+                            for r in 0..RA {
+                                let mins = _mm256_mullo_epi32(mn32, pair[r]);
+                                acc[i][r] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(sumi[r]),
+                                    _mm256_set1_ps(dw * da[r]),
+                                    acc[i][r],
+                                );
+                                acc[i][r] = _mm256_fnmadd_ps(
+                                    _mm256_cvtepi32_ps(mins),
+                                    _mm256_set1_ps(dmw * da[r]),
+                                    acc[i][r],
+                                );
+                            }
                         }
                     }
                 }
-                let mut out = [0f32; R];
-                for r in 0..R {
-                    out[r] = hsum256(acc[r]) - mins_total[r];
-                }
-                out
+                finish(acc)
             }
 
             /// # Safety
-            /// As [`dot_q8_0`], with 210-byte Q6_K blocks and K256 activations.
-            #[target_feature(enable = $feat)]
+            /// As [`tile`], with 210-byte Q6_K blocks and K256 activations.
             #[inline]
-            pub unsafe fn dot_q6k<const R: usize>(w: &[u8], a: &[ActRow<'_>; R]) -> [f32; R] {
+            #[target_feature(enable = $feat)]
+            unsafe fn tile_q6k<const RW: usize, const RA: usize>(
+                w: &[*const u8; RW],
+                a: &[ActRow<'_>; RA],
+            ) -> [[f32; RA]; RW] {
                 let nb = a[0].qs.len() / QK_K;
+                let pf = PF;
                 let m4 = _mm256_set1_epi8(0xF);
                 let m3 = _mm256_set1_epi8(3);
                 let zero = _mm256_setzero_si256();
-                let mut acc = [_mm256_setzero_ps(); R];
-                let wp = w.as_ptr();
+                let mut acc = [[_mm256_setzero_ps(); RA]; RW];
                 for b in 0..nb {
-                    // SAFETY (whole loop body): block b < nb lies inside `w` (210 bytes each) and `a`.
+                    // SAFETY (whole loop body): block b < nb lies inside every row and every
+                    // activation row; every offset below stays inside one block.
                     unsafe {
-                        let blk = wp.add(b * 210);
-                        for off in [0, 64, 128, 192] {
-                            _mm_prefetch::<_MM_HINT_T0>(
-                                blk.wrapping_add(2 * 210 + off) as *const i8
-                            );
+                        let mut da = [0f32; RA];
+                        let mut s_lo = [zero; RA];
+                        let mut s_hi = [zero; RA];
+                        for r in 0..RA {
+                            da[r] = *a[r].d.get_unchecked(b);
+                            let s = a[r].sums.as_ptr().add(b * 16);
+                            s_lo[r] = _mm256_loadu_si256(s as *const __m256i);
+                            s_hi[r] = _mm256_loadu_si256(s.add(8) as *const __m256i);
                         }
-                        let sc16 = _mm_loadu_si128(blk.add(192) as *const __m128i);
-                        let sc_lo = _mm256_cvtepi8_epi32(sc16);
-                        let sc_hi = _mm256_cvtepi8_epi32(_mm_srli_si128(sc16, 8));
-                        let mut sumi = [zero; R];
-                        for r in 0..R {
-                            let sums = a[r].sums.as_ptr().add(b * 16);
-                            let s_lo = _mm256_loadu_si256(sums as *const __m256i);
-                            let s_hi = _mm256_loadu_si256(sums.add(8) as *const __m256i);
-                            // Σ_g sc_g · 32 · Σa_g, removed from the unsigned-weight dot below.
-                            let offs = _mm256_slli_epi32(
-                                _mm256_add_epi32(
-                                    _mm256_mullo_epi32(sc_lo, s_lo),
-                                    _mm256_mullo_epi32(sc_hi, s_hi),
-                                ),
-                                5,
-                            );
-                            sumi[r] = _mm256_sub_epi32(zero, offs);
-                        }
-                        for half in 0..2 {
-                            let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
-                            let ql1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
-                            let qh = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
-                            let scv = if half == 0 { sc_lo } else { sc_hi };
-                            let n = [
-                                _mm256_or_si256(
-                                    _mm256_and_si256(ql0, m4),
-                                    _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(ql1, m4),
-                                    _mm256_slli_epi16(
-                                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3),
-                                        4,
-                                    ),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                    _mm256_slli_epi16(
-                                        _mm256_and_si256(_mm256_srli_epi16(qh, 4), m3),
-                                        4,
-                                    ),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                    _mm256_slli_epi16(
-                                        _mm256_and_si256(_mm256_srli_epi16(qh, 6), m3),
-                                        4,
-                                    ),
-                                ),
+                        for i in 0..RW {
+                            let blk = w[i].add(b * 210);
+                            for off in [0, 64, 128, 192] {
+                                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(pf + off) as *const i8);
+                            }
+                            let sc8 = _mm_loadu_si128(blk.add(192) as *const __m128i);
+                            let sc_lo = _mm256_cvtepi8_epi32(sc8);
+                            let sc_hi = _mm256_cvtepi8_epi32(_mm_srli_si128(sc8, 8));
+                            // Scales as i16: half h's eight in both 128-bit lanes.
+                            let sc16 = [
+                                _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8)),
+                                _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_srli_si128(sc8, 8))),
                             ];
-                            for (c, nv) in n.iter().enumerate() {
-                                // Lanes 0..4 cover group 2c, lanes 4..8 group 2c+1.
-                                let idx = _mm256_setr_epi32(
-                                    2 * c as i32,
-                                    2 * c as i32,
-                                    2 * c as i32,
-                                    2 * c as i32,
-                                    2 * c as i32 + 1,
-                                    2 * c as i32 + 1,
-                                    2 * c as i32 + 1,
-                                    2 * c as i32 + 1,
+                            let mut sumi = [zero; RA];
+                            for r in 0..RA {
+                                // Σ_g sc_g · 32 · Σa_g, removed from the unsigned-weight dot.
+                                let offs = _mm256_add_epi32(
+                                    _mm256_mullo_epi32(sc_lo, s_lo[r]),
+                                    _mm256_mullo_epi32(sc_hi, s_hi[r]),
                                 );
-                                let s = _mm256_permutevar8x32_epi32(scv, idx);
-                                for r in 0..R {
-                                    let aq = a[r].qs.as_ptr().add(b * QK_K);
-                                    let av = _mm256_loadu_si256(
-                                        aq.add(128 * half + 32 * c) as *const __m256i
+                                sumi[r] = _mm256_sub_epi32(zero, _mm256_slli_epi32(offs, 5));
+                            }
+                            for half in 0..2 {
+                                let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
+                                let ql1 =
+                                    _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
+                                let qh =
+                                    _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
+                                let n = [
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(ql0, m4),
+                                        _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
+                                    ),
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(ql1, m4),
+                                        _mm256_slli_epi16(
+                                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3),
+                                            4,
+                                        ),
+                                    ),
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                        _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                                    ),
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                        _mm256_and_si256(
+                                            _mm256_srli_epi16(qh, 2),
+                                            _mm256_set1_epi8(0x30),
+                                        ),
+                                    ),
+                                ];
+                                for (c, nv) in n.iter().enumerate() {
+                                    // Low lane: group 8·half + 2c; high lane: the next group.
+                                    let s = _mm256_shuffle_epi8(
+                                        sc16[half],
+                                        _mm256_setr_epi8(
+                                            (4 * c) as i8, (4 * c + 1) as i8, (4 * c) as i8, (4 * c + 1) as i8,
+                                            (4 * c) as i8, (4 * c + 1) as i8, (4 * c) as i8, (4 * c + 1) as i8,
+                                            (4 * c) as i8, (4 * c + 1) as i8, (4 * c) as i8, (4 * c + 1) as i8,
+                                            (4 * c) as i8, (4 * c + 1) as i8, (4 * c) as i8, (4 * c + 1) as i8,
+                                            (4 * c + 2) as i8, (4 * c + 3) as i8, (4 * c + 2) as i8, (4 * c + 3) as i8,
+                                            (4 * c + 2) as i8, (4 * c + 3) as i8, (4 * c + 2) as i8, (4 * c + 3) as i8,
+                                            (4 * c + 2) as i8, (4 * c + 3) as i8, (4 * c + 2) as i8, (4 * c + 3) as i8,
+                                            (4 * c + 2) as i8, (4 * c + 3) as i8, (4 * c + 2) as i8, (4 * c + 3) as i8,
+                                        ),
                                     );
-                                    let p = dp(*nv, av);
-                                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p, s));
+                                    for r in 0..RA {
+                                        let av = _mm256_loadu_si256(
+                                            a[r].qs.as_ptr().add(b * QK_K + 128 * half + 32 * c)
+                                                as *const __m256i,
+                                        );
+                                        // u6 × i8 pair sums ≤ 2·63·127 fit i16; times the i8
+                                        // scale, pair sums fit i32.
+                                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(*nv, av), s);
+                                        sumi[r] = _mm256_add_epi32(sumi[r], p);
+                                    }
                                 }
                             }
-                        }
-                        let dw = ld_f16(blk.add(208));
-                        for r in 0..R {
-                            let d = dw * *a[r].d.get_unchecked(b);
-                            acc[r] = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(sumi[r]),
-                                _mm256_set1_ps(d),
-                                acc[r],
-                            );
+                            let dw = ld_f16(blk.add(208));
+                            for r in 0..RA {
+                                acc[i][r] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(sumi[r]),
+                                    _mm256_set1_ps(dw * da[r]),
+                                    acc[i][r],
+                                );
+                            }
                         }
                     }
                 }
-                let mut out = [0f32; R];
-                for r in 0..R {
-                    out[r] = hsum256(acc[r]);
-                }
-                out
+                finish(acc)
             }
         };
     }
@@ -574,12 +631,6 @@ mod x86 {
     /// (2·63·127 fits i16); Q8_0 uses the sign trick (|w| ≤ 128) instead of the offset.
     pub mod avx2 {
         use super::*;
-
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn dp(u: __m256i, a: __m256i) -> __m256i {
-            _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1))
-        }
 
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -691,6 +742,45 @@ mod tests {
             }
         }
 
+        /// The tile micro-kernels (several weight rows × several activation rows) agree with
+        /// the scalar twin entry by entry, for every tile shape the matmul uses.
+        #[test]
+        fn tiles_match_scalar(qi in 0usize..5, nb in 1usize..5, seed in 0u64..100_000) {
+            let qt = QuantType::ALL[qi];
+            let k = nb * qt.block_elems();
+            let w4 = random_blocks(qt, 4 * nb, seed);
+            let rows: [&[u8]; 4] = std::array::from_fn(|i| &w4[i * qt.row_bytes(k)..(i + 1) * qt.row_bytes(k)]);
+            let x = rnd(seed.wrapping_add(3), 8 * k);
+            let mut act = ActQ8::default();
+            act.quantize(&x, 8, k, qt.act_kind());
+            let a: [ActRow<'_>; 8] = std::array::from_fn(|r| act.row(r, qt.act_kind()));
+            let want: Vec<Vec<f32>> = rows.iter().map(|w| a.iter().map(|&r| scalar_dot(qt, w, r)).collect()).collect();
+            let close = |got: f32, want: f32| (got - want).abs() <= 1e-4 * (1.0 + want.abs());
+            for kern in QKernel::available() {
+                let t41 = kern.dot_tile::<4, 1>(qt, rows, &[a[5]]);
+                let t24 = kern.dot_tile::<2, 4>(qt, [rows[1], rows[3]], &[a[0], a[1], a[2], a[7]]);
+                let t44 = kern.dot_tile::<4, 4>(qt, rows, &[a[4], a[5], a[6], a[7]]);
+                let t28 = kern.dot_tile::<2, 8>(qt, [rows[2], rows[0]], &a);
+                let t34 = kern.dot_tile::<3, 4>(qt, [rows[0], rows[1], rows[2]], &[a[3], a[2], a[1], a[0]]);
+                for i in 0..4 {
+                    prop_assert!(close(t41[i][0], want[i][5]), "{:?} {:?} 4x1 {}", qt, kern, i);
+                    for r in 0..4 {
+                        prop_assert!(close(t44[i][r], want[i][4 + r]), "{:?} {:?} 4x4", qt, kern);
+                    }
+                }
+                for r in 0..4 {
+                    prop_assert!(close(t24[0][r], want[1][[0, 1, 2, 7][r]]), "{:?} {:?} 2x4", qt, kern);
+                    prop_assert!(close(t24[1][r], want[3][[0, 1, 2, 7][r]]), "{:?} {:?} 2x4", qt, kern);
+                    for i in 0..3 {
+                        prop_assert!(close(t34[i][r], want[i][3 - r]), "{:?} {:?} 3x4", qt, kern);
+                    }
+                }
+                for r in 0..8 {
+                    prop_assert!(close(t28[0][r], want[2][r]) && close(t28[1][r], want[0][r]), "{:?} {:?} 2x8", qt, kern);
+                }
+            }
+        }
+
         /// Quantization round trip stays close for every type and non-trivial shapes.
         #[test]
         fn activation_quantization_error(nb in 1usize..4, seed in 0u64..1000) {
@@ -702,7 +792,7 @@ mod tests {
                 let be = if kind == crate::quant::ActKind::B32 { 32 } else { QK_K };
                 for i in 0..k {
                     let y = act.qs[i] as f32 * act.d[i / be];
-                    prop_assert!((y - x[i]).abs() <= act.d[i / be] * 0.51 + 1e-3 * x[i].abs());
+                    prop_assert!((y - x[i]).abs() <= act.d[i / be].abs() * 0.51 + 1e-3 * x[i].abs());
                 }
             }
         }

@@ -103,10 +103,11 @@ fn q8_0_written_by_mideum_matches_llama_cpp() {
 
 #[test]
 fn q4_k_m_written_by_llama_cpp_matches() {
-    // Known gap: Mideum's perplexity on llama.cpp's own Q4_K_M file is 1.06% below llama.cpp's
-    // (26506 vs 26789) although Q4_K dequantization is bit-exact against GGML's reference and
-    // Q8_0/Q4_0 files agree within 0.5%; held at 1.5% until the difference is found.
-    check("tiny256-q4_k_m.gguf", false, 0.015);
+    // Was 1.06% below llama.cpp until activations were quantized with llama.cpp's Q8_K
+    // arithmetic (scale -127/max, ties to even) and RMSNorm summed squares in f64 as GGML
+    // does; now about 0.2%. This random model's perplexity moves by tenths of a percent with
+    // any rounding change (f32 weights without activation quantization: 0.2% off).
+    check("tiny256-q4_k_m.gguf", false, 0.005);
 }
 
 #[test]
