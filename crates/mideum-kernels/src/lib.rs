@@ -14,7 +14,7 @@ pub mod qdot;
 pub mod quant;
 
 pub use dot::{bf16_to_f32, f16_to_f32, DotKernel};
-pub use matmul::{matmul, WeightView};
+pub use matmul::{matmul, matmul_multi, matmul_multi_rmsnorm, WeightView};
 pub use ops::RopeLayout;
 pub use par::ThreadPool;
 pub use qdot::QKernel;

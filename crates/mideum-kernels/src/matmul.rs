@@ -5,7 +5,7 @@
 use crate::dot::DotKernel;
 use crate::par::{DisjointSlice, ThreadPool};
 use crate::qdot::QKernel;
-use crate::quant::{dequantize_row, ActQ8, QuantType};
+use crate::quant::{dequantize_row, ActKind, ActQ8, QuantType};
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -113,8 +113,21 @@ pub fn matmul(
 }
 
 thread_local! {
-    /// The calling thread's quantized activations, reused across calls (no per-token allocation).
-    static ACT: RefCell<ActQ8> = RefCell::new(ActQ8::default());
+    /// The calling thread's quantized activations (one buffer per activation layout), reused
+    /// across calls (no per-token allocation).
+    static ACT: RefCell<[ActQ8; 2]> = RefCell::new([ActQ8::default(), ActQ8::default()]);
+}
+
+thread_local! {
+    /// Normalised activations for [`matmul_multi_rmsnorm`] calls that include float weights.
+    static NORMED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn kind_slot(kind: ActKind) -> usize {
+    match kind {
+        ActKind::B32 => 0,
+        ActKind::K256 => 1,
+    }
 }
 
 fn best_qkernel(kern: DotKernel) -> QKernel {
@@ -130,6 +143,21 @@ fn best_qkernel(kern: DotKernel) -> QKernel {
 /// while every weight row of a task is streamed past it.
 const T_TILE: usize = 32;
 
+/// The most weight matrices one [`matmul_multi`] call may take.
+pub const MAX_MULTI: usize = 8;
+
+/// One quantized product of a multi-matrix dispatch.
+struct QJob<'a> {
+    qt: QuantType,
+    w: &'a [u8],
+    n: usize,
+    out: DisjointSlice<'a, f32>,
+    /// Weight rows per task.
+    per_task: usize,
+    /// First global task index of this job.
+    task0: usize,
+}
+
 /// `out = x · Wᵀ` over block-quantized weights: the activations are quantized to 8 bits once,
 /// then each weight row is dotted with every activation row while it is in L1.
 #[allow(clippy::too_many_arguments)]
@@ -144,55 +172,196 @@ fn matmul_quant(
     n: usize,
     out: &mut [f32],
 ) {
-    assert!(
-        qt.fits(k),
-        "row length {k} is not a multiple of {}",
-        qt.block_elems()
-    );
-    let qk = best_qkernel(kern);
-    let kind = qt.act_kind();
-    let rb = qt.row_bytes(k);
+    let mut mats = [(WeightView::Quant(qt, wb), n, out)];
+    matmul_multi(pool, kern, x, t, k, &mut mats);
+}
+
+/// Several products that share one input: `mats[m].2 = x · W_mᵀ` for every `(W_m, n_m, out_m)`.
+///
+/// For quantized weights the activations are quantized once per activation layout (at most
+/// two: per-32 blocks for Q8_0/Q4_0, per-256 blocks for K-quants) and all the matrices' rows
+/// are spread over the pool in a single dispatch, which saves the per-product wake-up and
+/// quantization of separate [`matmul`] calls (Q/K/V, gate/up). Float weights in the list are
+/// computed with [`matmul`]. The results equal those of separate `matmul` calls exactly.
+///
+/// Panics on shape mismatches (as [`matmul`]) or more than [`MAX_MULTI`] matrices.
+pub fn matmul_multi(
+    pool: &ThreadPool,
+    kern: DotKernel,
+    x: &[f32],
+    t: usize,
+    k: usize,
+    mats: &mut [(WeightView<'_>, usize, &mut [f32])],
+) {
+    assert_eq!(x.len(), t * k, "activation shape");
+    let need = check_multi(k, mats);
+    for (w, n, out) in mats.iter_mut() {
+        if !matches!(w, WeightView::Quant(..)) {
+            matmul(pool, kern, x, t, k, *w, *n, out);
+        }
+    }
+    if t == 0 || !need.iter().any(|&b| b) {
+        return;
+    }
     ACT.with(|cell| {
-        let mut act = cell.borrow_mut();
-        act.quantize(x, t, k, kind);
-        let act = &*act;
+        let mut acts = cell.borrow_mut();
+        for (slot, kind) in [(0, ActKind::B32), (1, ActKind::K256)] {
+            if need[slot] {
+                acts[slot].quantize(x, t, k, kind);
+            }
+        }
+        dispatch_quant(pool, best_qkernel(kern), &acts, t, k, mats);
+    });
+}
+
+/// [`matmul_multi`] of the RMS-normalised rows `rmsnorm(x_r, norm, eps)`: when every matrix
+/// is quantized, the normalised rows are quantized directly (no float copy is written).
+/// Equal bit for bit to [`crate::ops::rmsnorm`] per row followed by [`matmul_multi`].
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_multi_rmsnorm(
+    pool: &ThreadPool,
+    kern: DotKernel,
+    x: &[f32],
+    norm: &[f32],
+    eps: f32,
+    t: usize,
+    k: usize,
+    mats: &mut [(WeightView<'_>, usize, &mut [f32])],
+) {
+    assert_eq!(x.len(), t * k, "activation shape");
+    assert_eq!(norm.len(), k, "norm weight shape");
+    let need = check_multi(k, mats);
+    if mats
+        .iter()
+        .any(|(w, _, _)| !matches!(w, WeightView::Quant(..)))
+    {
+        NORMED.with(|cell| {
+            let mut normed = cell.borrow_mut();
+            normed.resize(t * k, 0.0);
+            for r in 0..t {
+                crate::ops::rmsnorm(
+                    &x[r * k..(r + 1) * k],
+                    norm,
+                    eps,
+                    &mut normed[r * k..(r + 1) * k],
+                );
+            }
+            matmul_multi(pool, kern, &normed, t, k, mats);
+        });
+        return;
+    }
+    if t == 0 || !need.iter().any(|&b| b) {
+        return;
+    }
+    ACT.with(|cell| {
+        let mut acts = cell.borrow_mut();
+        for (slot, kind) in [(0, ActKind::B32), (1, ActKind::K256)] {
+            if need[slot] {
+                acts[slot].quantize_rmsnorm(x, norm, eps, t, k, kind);
+            }
+        }
+        dispatch_quant(pool, best_qkernel(kern), &acts, t, k, mats);
+    });
+}
+
+/// Checks the shapes of a multi-matrix call; returns which activation layouts it needs.
+fn check_multi(k: usize, mats: &[(WeightView<'_>, usize, &mut [f32])]) -> [bool; 2] {
+    assert!(mats.len() <= MAX_MULTI, "at most {MAX_MULTI} matrices");
+    let mut need = [false; 2];
+    for (w, n, out) in mats {
+        assert_eq!(w.len(), *n * k, "weight shape");
+        assert_eq!(out.len() % n.max(&1), 0, "output shape");
+        if let WeightView::Quant(qt, _) = w {
+            assert!(
+                qt.fits(k),
+                "row length {k} is not a multiple of {}",
+                qt.block_elems()
+            );
+            need[kind_slot(qt.act_kind())] = true;
+        }
+    }
+    need
+}
+
+/// Runs every quantized matrix of `mats` against the quantized activations in one dispatch.
+fn dispatch_quant(
+    pool: &ThreadPool,
+    qk: QKernel,
+    acts: &[ActQ8; 2],
+    t: usize,
+    k: usize,
+    mats: &mut [(WeightView<'_>, usize, &mut [f32])],
+) {
+    let mut jobs: [Option<QJob<'_>>; MAX_MULTI] = Default::default();
+    let mut n_tasks = 0;
+    for (slot, (w, n, out)) in jobs.iter_mut().zip(mats.iter_mut()) {
+        let WeightView::Quant(qt, wb) = *w else {
+            continue;
+        };
+        assert_eq!(out.len(), t * *n, "output shape");
+        if *n == 0 {
+            continue;
+        }
         let per_task = if t == 1 {
-            (n / (pool.n_threads() * 8)).clamp(1, 256)
+            (*n / (pool.n_threads() * 8)).clamp(1, 256)
         } else {
             16
         };
-        let n_tasks = n.div_ceil(per_task);
-        let dst = DisjointSlice::new(out);
-        pool.for_each(n_tasks, &|task| {
-            let j0 = task * per_task;
-            let j1 = (j0 + per_task).min(n);
-            for t0 in (0..t).step_by(T_TILE) {
-                let t1 = (t0 + T_TILE).min(t);
-                for j in j0..j1 {
-                    let wr = &wb[j * rb..(j + 1) * rb];
-                    let mut tt = t0;
-                    // Four activation rows per pass over the weight row, then the rest singly.
-                    while tt + 4 <= t1 {
-                        let rows = [tt, tt + 1, tt + 2, tt + 3].map(|r| act.row(r, kind));
-                        let v = qk.dot_rows::<4>(qt, wr, &rows);
-                        for (r, &val) in v.iter().enumerate() {
-                            let at = (tt + r) * n + j;
-                            // SAFETY: task `task` owns columns j0..j1 of every output row.
-                            let o = unsafe { dst.range(at, at + 1) };
-                            o[0] = val;
-                        }
-                        tt += 4;
-                    }
-                    for tt in tt..t1 {
-                        let v = qk.dot(qt, wr, act.row(tt, kind));
-                        // SAFETY: task `task` owns columns j0..j1 of every output row.
-                        let o = unsafe { dst.range(tt * n + j, tt * n + j + 1) };
-                        o[0] = v;
-                    }
-                }
-            }
+        let task0 = n_tasks;
+        n_tasks += n.div_ceil(per_task);
+        *slot = Some(QJob {
+            qt,
+            w: wb,
+            n: *n,
+            out: DisjointSlice::new(out),
+            per_task,
+            task0,
         });
+    }
+    let jobs = &jobs;
+    pool.for_each(n_tasks, &|task| {
+        // The job whose task range holds `task`: the last one starting at or before it.
+        let Some(job) = jobs.iter().flatten().take_while(|j| j.task0 <= task).last() else {
+            return;
+        };
+        let act = &acts[kind_slot(job.qt.act_kind())];
+        let j0 = (task - job.task0) * job.per_task;
+        let j1 = (j0 + job.per_task).min(job.n);
+        run_rows(qk, job, act, k, t, j0, j1);
     });
+}
+
+/// Weight rows `j0..j1` of one job against all `t` activation rows.
+fn run_rows(qk: QKernel, job: &QJob<'_>, act: &ActQ8, k: usize, t: usize, j0: usize, j1: usize) {
+    let (qt, n) = (job.qt, job.n);
+    let kind = qt.act_kind();
+    let rb = qt.row_bytes(k);
+    let dst = &job.out;
+    for t0 in (0..t).step_by(T_TILE) {
+        let t1 = (t0 + T_TILE).min(t);
+        for j in j0..j1 {
+            let wr = &job.w[j * rb..(j + 1) * rb];
+            let mut tt = t0;
+            // Four activation rows per pass over the weight row, then the rest singly.
+            while tt + 4 <= t1 {
+                let rows = [tt, tt + 1, tt + 2, tt + 3].map(|r| act.row(r, kind));
+                let v = qk.dot_rows::<4>(qt, wr, &rows);
+                for (r, &val) in v.iter().enumerate() {
+                    let at = (tt + r) * n + j;
+                    // SAFETY: the calling task owns columns j0..j1 of every output row.
+                    let o = unsafe { dst.range(at, at + 1) };
+                    o[0] = val;
+                }
+                tt += 4;
+            }
+            for tt in tt..t1 {
+                let v = qk.dot(qt, wr, act.row(tt, kind));
+                // SAFETY: the calling task owns columns j0..j1 of every output row.
+                let o = unsafe { dst.range(tt * n + j, tt * n + j + 1) };
+                o[0] = v;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +391,92 @@ mod tests {
                             prop_assert!((out[tt * n + j] - r).abs() < 1e-4 * (1.0 + r.abs()) * (k as f32).sqrt());
                         }
                     }
+                }
+            }
+        }
+
+        /// One dispatch over several matrices (mixed quantized types and a float one) gives
+        /// exactly what separate `matmul` calls give.
+        #[test]
+        fn matmul_multi_equals_separate(t in 1usize..11, nb in 1usize..3, n0 in 0usize..37, n1 in 1usize..20, qa in 0usize..5, qb in 0usize..5, seed in 0u32..1000) {
+            let k = nb * 256;
+            let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+            let mut rnd = || { s ^= s << 13; s ^= s >> 17; s ^= s << 5; (s % 2001) as f32 / 1000.0 - 1.0 };
+            let x: Vec<f32> = (0..t * k).map(|_| rnd()).collect();
+            let quantized = |qt: QuantType, n: usize, rnd: &mut dyn FnMut() -> f32| {
+                let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+                let mut wq = vec![0u8; n * qt.row_bytes(k)];
+                for j in 0..n {
+                    crate::quant::quantize_row(qt, &wf[j * k..(j + 1) * k], &mut wq[j * qt.row_bytes(k)..(j + 1) * qt.row_bytes(k)]);
+                }
+                wq
+            };
+            let (ta, tb) = (QuantType::ALL[qa], QuantType::ALL[qb]);
+            let wa = quantized(ta, n0, &mut rnd);
+            let wb = quantized(tb, n1, &mut rnd);
+            let wc = quantized(QuantType::Q6K, n1, &mut rnd);
+            let wf: Vec<f32> = (0..n1 * k).map(|_| rnd()).collect();
+            let views = [
+                (WeightView::Quant(ta, &wa), n0),
+                (WeightView::Quant(tb, &wb), n1),
+                (WeightView::F32(&wf), n1),
+                (WeightView::Quant(QuantType::Q6K, &wc), n1),
+            ];
+            let pool = ThreadPool::new(2);
+            for kern in DotKernel::available() {
+                let want: Vec<Vec<f32>> = views.iter().map(|&(w, n)| {
+                    let mut o = vec![0f32; t * n];
+                    matmul(&pool, kern, &x, t, k, w, n, &mut o);
+                    o
+                }).collect();
+                let mut outs: Vec<Vec<f32>> = views.iter().map(|&(_, n)| vec![f32::NAN; t * n]).collect();
+                {
+                    let mut mats: Vec<(WeightView<'_>, usize, &mut [f32])> = views.iter().zip(outs.iter_mut()).map(|(&(w, n), o)| (w, n, &mut o[..])).collect();
+                    matmul_multi(&pool, kern, &x, t, k, &mut mats);
+                }
+                for (m, (got, want)) in outs.iter().zip(&want).enumerate() {
+                    prop_assert_eq!(got.len(), want.len());
+                    for (g, w) in got.iter().zip(want) {
+                        prop_assert!(g.to_bits() == w.to_bits(), "matrix {} {:?}: {} vs {}", m, kern, g, w);
+                    }
+                }
+            }
+        }
+
+        /// The fused RMSNorm + quantize entry point equals rmsnorm then `matmul_multi`.
+        #[test]
+        fn matmul_multi_rmsnorm_equals_unfused(t in 1usize..6, nb in 1usize..3, n in 1usize..20, qi in 0usize..5, with_float in any::<bool>(), seed in 0u32..1000) {
+            let k = nb * 256;
+            let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+            let mut rnd = || { s ^= s << 13; s ^= s >> 17; s ^= s << 5; (s % 2001) as f32 / 1000.0 - 1.0 };
+            let x: Vec<f32> = (0..t * k).map(|_| 3.0 * rnd()).collect();
+            let norm: Vec<f32> = (0..k).map(|_| rnd()).collect();
+            let qt = QuantType::ALL[qi];
+            let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let mut wq = vec![0u8; n * qt.row_bytes(k)];
+            for j in 0..n {
+                crate::quant::quantize_row(qt, &wf[j * k..(j + 1) * k], &mut wq[j * qt.row_bytes(k)..(j + 1) * qt.row_bytes(k)]);
+            }
+            let mut views = vec![(WeightView::Quant(qt, &wq), n), (WeightView::Quant(QuantType::Q4K, &wq[..0]), 0)];
+            if with_float {
+                views.push((WeightView::F32(&wf), n));
+            }
+            let pool = ThreadPool::new(2);
+            let mut normed = vec![0f32; t * k];
+            for r in 0..t {
+                crate::ops::rmsnorm(&x[r * k..(r + 1) * k], &norm, 1e-5, &mut normed[r * k..(r + 1) * k]);
+            }
+            for kern in DotKernel::available() {
+                let mut want: Vec<Vec<f32>> = views.iter().map(|&(_, n)| vec![0f32; t * n]).collect();
+                let mut got = want.clone();
+                {
+                    let mut mats: Vec<(WeightView<'_>, usize, &mut [f32])> = views.iter().zip(want.iter_mut()).map(|(&(w, n), o)| (w, n, &mut o[..])).collect();
+                    matmul_multi(&pool, kern, &normed, t, k, &mut mats);
+                    let mut mats: Vec<(WeightView<'_>, usize, &mut [f32])> = views.iter().zip(got.iter_mut()).map(|(&(w, n), o)| (w, n, &mut o[..])).collect();
+                    matmul_multi_rmsnorm(&pool, kern, &x, &norm, 1e-5, t, k, &mut mats);
+                }
+                for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                    prop_assert!(g.to_bits() == w.to_bits(), "{:?} {:?}: {} vs {}", qt, kern, g, w);
                 }
             }
         }

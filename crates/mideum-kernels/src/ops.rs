@@ -3,11 +3,17 @@
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`, the Llama RMSNorm.
 pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
-    let inv = 1.0 / (ss + eps).sqrt();
+    let inv = rms_inv(x, eps);
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = w * (v * inv);
     }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`, the factor [`rmsnorm`] scales by.
+#[inline]
+pub fn rms_inv(x: &[f32], eps: f32) -> f32 {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+    1.0 / (ss + eps).sqrt()
 }
 
 /// How a head's dimensions are paired for rotation.

@@ -442,6 +442,16 @@ pub enum ActKind {
     K256,
 }
 
+impl ActKind {
+    /// Elements per scale block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            ActKind::B32 => QK8_0,
+            ActKind::K256 => QK_K,
+        }
+    }
+}
+
 /// Activation rows quantized to 8 bits. Buffers grow to the largest shape seen and are then
 /// reused, so quantizing per token allocates nothing.
 #[derive(Default, Debug)]
@@ -457,10 +467,49 @@ impl ActQ8 {
     /// Quantizes `rows` rows of `k` floats (`k` a multiple of the kind's block size).
     pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize, kind: ActKind) {
         assert_eq!(x.len(), rows * k, "activation shape");
-        let be = match kind {
-            ActKind::B32 => 32,
-            ActKind::K256 => QK_K,
-        };
+        self.prepare(rows, k, kind);
+        let be = kind.block_elems();
+        for b in 0..rows * k / be {
+            self.put_block(b, &x[b * be..(b + 1) * be], kind);
+        }
+    }
+
+    /// Quantizes the RMS-normalised rows `rmsnorm(x_r, weight, eps)` without writing them out
+    /// as floats first; the result equals [`crate::ops::rmsnorm`] followed by
+    /// [`ActQ8::quantize`] bit for bit.
+    pub fn quantize_rmsnorm(
+        &mut self,
+        x: &[f32],
+        weight: &[f32],
+        eps: f32,
+        rows: usize,
+        k: usize,
+        kind: ActKind,
+    ) {
+        assert_eq!(x.len(), rows * k, "activation shape");
+        assert_eq!(weight.len(), k, "norm weight shape");
+        self.prepare(rows, k, kind);
+        let be = kind.block_elems();
+        let mut buf = [0f32; QK_K];
+        for r in 0..rows {
+            let xr = &x[r * k..(r + 1) * k];
+            let inv = crate::ops::rms_inv(xr, eps);
+            for c in 0..k / be {
+                let nb = &mut buf[..be];
+                for ((o, &v), &w) in nb
+                    .iter_mut()
+                    .zip(&xr[c * be..(c + 1) * be])
+                    .zip(&weight[c * be..(c + 1) * be])
+                {
+                    *o = w * (v * inv);
+                }
+                self.put_block(r * (k / be) + c, nb, kind);
+            }
+        }
+    }
+
+    fn prepare(&mut self, rows: usize, k: usize, kind: ActKind) {
+        let be = kind.block_elems();
         assert!(k.is_multiple_of(be), "activation row not a block multiple");
         let nb = rows * k / be;
         self.qs.resize(rows * k, 0);
@@ -474,26 +523,28 @@ impl ActQ8 {
         );
         self.rows = rows;
         self.k = k;
-        for b in 0..nb {
-            let xb = &x[b * be..(b + 1) * be];
-            let qb = &mut self.qs[b * be..(b + 1) * be];
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let mut d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            if kind == ActKind::B32 {
-                d = f16::from_f32(d).to_f32();
-            }
-            self.d[b] = d;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = ((v * id).round() as i32).clamp(-127, 127) as i8;
-            }
-            match kind {
-                ActKind::B32 => self.sums[b] = qb.iter().map(|&q| q as i32).sum(),
-                ActKind::K256 => {
-                    for g in 0..16 {
-                        self.sums[b * 16 + g] =
-                            qb[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
-                    }
+    }
+
+    /// Quantizes block `b` (counted over all rows) from the floats `xb`.
+    #[inline]
+    fn put_block(&mut self, b: usize, xb: &[f32], kind: ActKind) {
+        let be = xb.len();
+        let qb = &mut self.qs[b * be..(b + 1) * be];
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let mut d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if kind == ActKind::B32 {
+            d = f16::from_f32(d).to_f32();
+        }
+        self.d[b] = d;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = ((v * id).round() as i32).clamp(-127, 127) as i8;
+        }
+        match kind {
+            ActKind::B32 => self.sums[b] = qb.iter().map(|&q| q as i32).sum(),
+            ActKind::K256 => {
+                for g in 0..16 {
+                    self.sums[b * 16 + g] = qb[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
                 }
             }
         }
