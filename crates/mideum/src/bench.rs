@@ -53,6 +53,14 @@ pub struct BenchArgs {
     /// Quantize the weights while loading (q8_0, q4_0, q4_k, q5_k, q6_k).
     #[arg(long)]
     pub quant: Option<String>,
+    /// How the depth context is filled: `prefill` (run the model, like llama-bench) or
+    /// `synthetic` (random keys and values written directly: same bytes for decode to read,
+    /// without minutes of prefill).
+    #[arg(long, default_value = "prefill")]
+    pub depth_fill: String,
+    /// Element type of the KV cache (f16 or f32).
+    #[arg(long, default_value = "f16")]
+    pub kv_type: String,
     /// One JSON object per test on stdout, with llama-bench's field names.
     #[arg(long)]
     pub json: bool,
@@ -186,6 +194,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ),
         None => None,
     };
+    let kv_type = crate::parse_kv_type(&args.kv_type)?;
+    let synthetic = match args.depth_fill.as_str() {
+        "prefill" => false,
+        "synthetic" => true,
+        other => bail!("--depth-fill {other:?} is not one of prefill, synthetic"),
+    };
     let file_size = std::fs::metadata(&args.model)
         .map(|m| if m.is_file() { m.len() } else { 0 })
         .unwrap_or(0);
@@ -214,6 +228,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 threads,
                 ctx_size: Some(max_ctx),
                 quant,
+                kv_type,
             },
         )
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
@@ -249,8 +264,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             if d > 0 {
                 eprintln!("bench: {label} t={threads}: filling {d} tokens of context");
                 let ctx = random_tokens(d, vocab, &mut seed);
-                for chunk in ctx.chunks(512) {
-                    lm.model.forward(chunk, &mut cache, Logits::Last)?;
+                if synthetic {
+                    cache.fill_synthetic(&ctx, seed)?;
+                } else {
+                    for chunk in ctx.chunks(512) {
+                        lm.model.forward_cached(chunk, &mut cache, Logits::Last)?;
+                    }
                 }
             }
             let mut samples = Vec::with_capacity(args.reps);
@@ -261,12 +280,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 if p > 0 {
                     let toks = random_tokens(p, vocab, &mut seed);
                     t0 = Instant::now();
-                    lm.model.forward(&toks, &mut cache, Logits::Last)?;
+                    lm.model.forward_cached(&toks, &mut cache, Logits::Last)?;
                 } else {
                     let toks = random_tokens(n, vocab, &mut seed);
                     t0 = Instant::now();
                     for &tk in &toks {
-                        lm.model.forward(&[tk], &mut cache, Logits::Last)?;
+                        lm.model.forward_cached(&[tk], &mut cache, Logits::Last)?;
                     }
                 }
                 let dt = t0.elapsed().as_secs_f64();
@@ -285,7 +304,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let bw_after = measure_bandwidth(threads);
             let (avg, sd) = mean_sd(&samples);
             let bw = (bw_before + bw_after) / 2.0;
-            let bound = bw * 1e9 / wbytes.max(1) as f64;
+            // A generated token also reads the KV cache of every earlier position: the depth plus,
+            // on average, half of the generated tokens.
+            let kv_read = if n > 0 {
+                ((d + n / 2) * lm.model.kv_block_bytes() / mideum_model::BLOCK_TOKENS) as f64
+            } else {
+                0.0
+            };
+            let bound = bw * 1e9 / (wbytes as f64 + kv_read).max(1.0);
             if args.json {
                 println!(
                     "{}",
@@ -305,6 +331,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         "bw_gbs_before": bw_before,
                         "bw_gbs_after": bw_after,
                         "decode_bytes": wbytes,
+                        "kv_bytes_per_token": kv_read,
+                        "kv_type": args.kv_type,
                         "bound_ts": bound,
                         "rss_bytes": rss,
                         "kv_cache_bytes": cache.bytes(),

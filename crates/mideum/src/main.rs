@@ -94,6 +94,12 @@ impl ModelArgs {
     }
 }
 
+/// Parses a `--kv-type` value.
+pub fn parse_kv_type(s: &str) -> Result<mideum_model::KvType> {
+    mideum_model::KvType::parse(s)
+        .ok_or_else(|| anyhow::anyhow!("--kv-type {s:?} is not one of f16, f32"))
+}
+
 pub fn load_model(path: &Path, threads: usize, ctx_size: Option<usize>) -> Result<LoadedModel> {
     load_model_quant(path, threads, ctx_size, None)
 }
@@ -122,6 +128,7 @@ pub fn load_model_quant(
             threads,
             ctx_size,
             quant,
+            ..Default::default()
         },
     )
     .with_context(|| format!("cannot load model {}", path.display()))
