@@ -358,7 +358,7 @@ mod x86 {
         y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.333_452e-3));
         y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.166_579_6e-2));
         y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.666_666_5e-1));
-        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.000_000_1e-1));
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(0.5));
         y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.0)));
         let n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
         // fx ≥ -127 after the clamp, so n ≥ 0; n == 0 yields +0.0, the correct limit.

@@ -532,6 +532,89 @@ mod tests {
         assert_eq!(pool.attach_prefix(&mut c, &p), 16);
     }
 
+    fn head_vals(
+        pool: &KvPool,
+        seq: &SeqKv,
+        layer: usize,
+        pos: usize,
+        head: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let hd = pool.head_dim;
+        let o = (pos % BLOCK_TOKENS) * hd;
+        match pool.head_rows(seq, layer, pos / BLOCK_TOKENS, head) {
+            KvRows::F32 { k, v } => (k[o..o + hd].to_vec(), v[o..o + hd].to_vec()),
+            KvRows::F16 { k, v } => (
+                k[o..o + hd]
+                    .iter()
+                    .map(|&h| half::f16::from_bits(h).to_f32())
+                    .collect(),
+                v[o..o + hd]
+                    .iter()
+                    .map(|&h| half::f16::from_bits(h).to_f32())
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn written_rows_read_back_per_head_in_both_types() {
+        for kv_type in [KvType::F16, KvType::F32] {
+            let (layers, heads, hd) = (2, 3, 4);
+            let mut pool = KvPool::new(layers, heads, hd, 8, kv_type);
+            let mut seq = SeqKv::default();
+            pool.reserve(&mut seq, 20).unwrap();
+            let val = |l: usize, p: usize, i: usize, v: bool| {
+                (l * 1000 + p * 10 + i) as f32 * 0.013 + if v { 0.5 } else { 0.0 }
+            };
+            for l in 0..layers {
+                for p in 0..20 {
+                    let k: Vec<f32> = (0..heads * hd).map(|i| val(l, p, i, false)).collect();
+                    let v: Vec<f32> = (0..heads * hd).map(|i| val(l, p, i, true)).collect();
+                    pool.write(&seq, l, p, &k, &v);
+                }
+            }
+            let round = |x: f32| match kv_type {
+                KvType::F16 => half::f16::from_f32(x).to_f32(),
+                KvType::F32 => x,
+            };
+            for l in 0..layers {
+                for p in [0, 15, 16, 19] {
+                    for h in 0..heads {
+                        let (k, v) = head_vals(&pool, &seq, l, p, h);
+                        for d in 0..hd {
+                            assert_eq!(k[d], round(val(l, p, h * hd + d, false)));
+                            assert_eq!(v[d], round(val(l, p, h * hd + d, true)));
+                        }
+                    }
+                }
+            }
+            assert_eq!(
+                pool.allocated_bytes(),
+                2 * KvPool::block_bytes(layers, heads * hd, kv_type)
+            );
+        }
+    }
+
+    #[test]
+    fn truncating_a_shared_block_copies_its_contents() {
+        let mut pool = KvPool::new(1, 1, 4, 8, KvType::F16);
+        let p: Vec<u32> = (0..40).collect();
+        let mut a = SeqKv::default();
+        pool.reserve(&mut a, 40).unwrap();
+        for pos in 0..40 {
+            let x = [pos as f32; 4];
+            pool.write(&a, 0, pos, &x, &x);
+        }
+        pool.commit(&mut a, &p);
+        let mut b = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut b, &p), 32);
+        pool.truncate(&mut a, 20).unwrap();
+        assert_ne!(a.blocks[1], b.blocks[1]);
+        for pos in 16..20 {
+            assert_eq!(head_vals(&pool, &a, 0, pos, 0).0, vec![pos as f32; 4]);
+        }
+    }
+
     #[test]
     fn different_histories_do_not_alias() {
         let mut pool = KvPool::new(1, 1, 4, 16, KvType::F16);
