@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mideum_model::gguf::GgufFile;
-use mideum_model::{LoadOptions, LoadedModel, Logits};
+use mideum_model::{BatchItem, LoadOptions, LoadedModel, Logits, SeqKv, BLOCK_TOKENS};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Quantize the weights while loading (q8_0, q4_0, q4_k, q5_k, q6_k).
     #[arg(long)]
     pub quant: Option<String>,
+    /// Sequences decoded together in one batched forward pass per token (generation tests at
+    /// depth 0; t/s is the aggregate over all of them, as a server with that many streams).
+    #[arg(short = 'b', long = "parallel", default_value_t = 1)]
+    pub parallel: usize,
     /// How the depth context is filled: `prefill` (run the model, like llama-bench) or
     /// `synthetic` (random keys and values written directly: same bytes for decode to read,
     /// without minutes of prefill).
@@ -195,6 +199,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         None => None,
     };
     let kv_type = crate::parse_kv_type(&args.kv_type)?;
+    if args.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    if args.parallel > 1 && args.depth.iter().any(|&d| d > 0) {
+        bail!("--parallel above 1 is only supported at depth 0");
+    }
     let synthetic = match args.depth_fill.as_str() {
         "prefill" => false,
         "synthetic" => true,
@@ -258,6 +268,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 format!(" @ d{d}")
             } else {
                 String::new()
+            } + &if n > 0 && args.parallel > 1 {
+                format!(" x{}", args.parallel)
+            } else {
+                String::new()
             };
             let bw_before = measure_bandwidth(threads);
             let mut cache = lm.model.new_cache(d + p.max(n) + 1);
@@ -281,6 +295,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     let toks = random_tokens(p, vocab, &mut seed);
                     t0 = Instant::now();
                     lm.model.forward_cached(&toks, &mut cache, Logits::Last)?;
+                } else if args.parallel > 1 {
+                    let b = args.parallel;
+                    let mut pool = lm.model.new_pool(b * (n.div_ceil(BLOCK_TOKENS) + 1));
+                    let mut seqs: Vec<SeqKv> = (0..b).map(|_| SeqKv::with_capacity(n)).collect();
+                    let toks: Vec<Vec<u32>> =
+                        (0..b).map(|_| random_tokens(n, vocab, &mut seed)).collect();
+                    t0 = Instant::now();
+                    for i in 0..n {
+                        let mut items: Vec<BatchItem> = seqs
+                            .iter_mut()
+                            .zip(&toks)
+                            .map(|(seq, t)| BatchItem {
+                                tokens: &t[i..i + 1],
+                                seq,
+                                logits: Logits::Last,
+                            })
+                            .collect();
+                        lm.model.run_batch(&mut pool, &mut items)?;
+                    }
                 } else {
                     let toks = random_tokens(n, vocab, &mut seed);
                     t0 = Instant::now();
@@ -289,7 +322,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     }
                 }
                 let dt = t0.elapsed().as_secs_f64();
-                let ts = (p + n) as f64 / dt;
+                let ts = (p + n * if p == 0 { args.parallel } else { 1 }) as f64 / dt;
                 if rep > 0 {
                     samples.push(ts);
                 }
@@ -307,11 +340,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             // A generated token also reads the KV cache of every earlier position: the depth plus,
             // on average, half of the generated tokens.
             let kv_read = if n > 0 {
-                ((d + n / 2) * lm.model.kv_block_bytes() / mideum_model::BLOCK_TOKENS) as f64
+                ((d + n / 2) * lm.model.kv_block_bytes() / BLOCK_TOKENS) as f64
             } else {
                 0.0
             };
-            let bound = bw * 1e9 / (wbytes as f64 + kv_read).max(1.0);
+            // With several sequences per step, one read of the weights serves all of them.
+            let per_step = if n > 0 { args.parallel as f64 } else { 1.0 };
+            let bound = per_step * bw * 1e9 / (wbytes as f64 + per_step * kv_read).max(1.0);
             if args.json {
                 println!(
                     "{}",
@@ -325,6 +360,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         "n_prompt": p,
                         "n_gen": n,
                         "n_depth": d,
+                        "n_parallel": if n > 0 { args.parallel } else { 1 },
                         "avg_ts": avg,
                         "stddev_ts": sd,
                         "samples_ts": samples,
