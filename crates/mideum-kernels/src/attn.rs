@@ -146,9 +146,6 @@ pub fn attend<'a>(
 /// The inner operations, once per implementation. Every slice length is checked by the
 /// caller (`run`).
 trait Ops {
-    /// Hints the CPU to start loading `bytes` bytes at `p` (the next block: each head's rows
-    /// of a block are one short contiguous run, too short for the hardware prefetcher).
-    fn prefetch(_p: *const u8, _bytes: usize) {}
     /// Widens `src` (f16 bits) into `dst` (same length).
     fn widen(src: &[u16], dst: &mut [f32]);
     /// `out[j] = scale * q · k[j * hd..][..hd]` for `j < out.len()`.
@@ -175,19 +172,6 @@ fn run<'a, O: Ops>(
     for b in 0..n_blocks {
         let j0 = b * s.block;
         let jn = s.block.min(n_keys - j0);
-        if b + 1 < n_blocks {
-            let jn1 = s.block.min(n_keys - j0 - s.block);
-            match kv(b + 1) {
-                KvRows::F32 { k, v } => {
-                    O::prefetch(k.as_ptr().cast(), jn1 * hd * 4);
-                    O::prefetch(v.as_ptr().cast(), jn1 * hd * 4);
-                }
-                KvRows::F16 { k, v } => {
-                    O::prefetch(k.as_ptr().cast(), jn1 * hd * 2);
-                    O::prefetch(v.as_ptr().cast(), jn1 * hd * 2);
-                }
-            }
-        }
         let (kf, vf): (&[f32], &[f32]) = match kv(b) {
             KvRows::F32 { k, v } => (&k[..jn * hd], &v[..jn * hd]),
             KvRows::F16 { k, v } => {
@@ -383,17 +367,6 @@ mod x86 {
     }
 
     impl Ops for Avx2Ops {
-        #[inline(always)]
-        fn prefetch(p: *const u8, bytes: usize) {
-            let mut o = 0;
-            while o < bytes {
-                // SAFETY: a prefetch never faults; the address is inside (or one line past the
-                // end of) a live slice, computed with wrapping arithmetic.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o).cast()) };
-                o += 64;
-            }
-        }
-
         #[inline(always)]
         fn widen(src: &[u16], dst: &mut [f32]) {
             let n = src.len().min(dst.len());
