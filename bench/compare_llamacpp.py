@@ -14,7 +14,7 @@ import sys
 import time
 
 
-def llamacpp_worker(path, threads, n_prompt, n_gen, reps):
+def llamacpp_worker(path, threads, n_prompt, n_gen, reps, depth=0):
     import random
     import llama_cpp
 
@@ -25,9 +25,9 @@ def llamacpp_worker(path, threads, n_prompt, n_gen, reps):
     vocab = llama_cpp.llama_model_get_vocab(model)
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
     cp = llama_cpp.llama_context_default_params()
-    cp.n_ctx = max(n_prompt, n_gen) + 16
-    cp.n_batch = max(n_prompt, 1)
-    cp.n_ubatch = max(n_prompt, 1)
+    cp.n_ctx = depth + max(n_prompt, n_gen) + 16
+    cp.n_batch = max(n_prompt, 512 if depth else 1)
+    cp.n_ubatch = max(n_prompt, 512 if depth else 1)
     cp.n_threads = threads
     cp.n_threads_batch = threads
     ctx = llama_cpp.llama_init_from_model(model, cp)
@@ -39,9 +39,18 @@ def llamacpp_worker(path, threads, n_prompt, n_gen, reps):
         rc = llama_cpp.llama_decode(ctx, batch)
         assert rc == 0, rc
 
+    mem = llama_cpp.llama_get_memory(ctx)
+    llama_cpp.llama_memory_clear(mem, True)
+    # Context depth like llama-bench's -d: filled once, kept across repetitions.
+    ctx_toks = [rnd.randrange(n_vocab) for _ in range(depth)]
+    for i in range(0, depth, 512):
+        decode(ctx_toks[i:i + 512])
     samples = []
     for rep in range(reps + 1):
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        if depth:
+            llama_cpp.llama_memory_seq_rm(mem, 0, depth, -1)
+        else:
+            llama_cpp.llama_memory_clear(mem, True)
         if n_prompt:
             toks = [rnd.randrange(n_vocab) for _ in range(n_prompt)]
             t0 = time.perf_counter()
@@ -60,7 +69,7 @@ def llamacpp_worker(path, threads, n_prompt, n_gen, reps):
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             rss = int(line.split()[1]) * 1024
-    print(json.dumps({"n_prompt": n_prompt, "n_gen": n_gen, "n_threads": threads, "n_depth": 0,
+    print(json.dumps({"n_prompt": n_prompt, "n_gen": n_gen, "n_threads": threads, "n_depth": depth,
                       "avg_ts": statistics.mean(samples),
                       "stddev_ts": statistics.stdev(samples) if len(samples) > 1 else 0.0,
                       "peak_rss_bytes": rss}))
@@ -78,11 +87,12 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tests", default="tg64@1,tg64@2,pp512@2", help="testN@threads, comma-separated")
     ap.add_argument("--inner-reps", type=int, default=2, help="timed repetitions per process (after one warm-up)")
-    ap.add_argument("--worker", nargs=5, metavar=("FILE", "T", "P", "N", "R"))
+    ap.add_argument("--worker", nargs="+", metavar="FILE T P N R [DEPTH]")
     a = ap.parse_args()
     if a.worker:
-        f, t, p, n, r = a.worker
-        llamacpp_worker(f, int(t), int(p), int(n), int(r))
+        f, t, p, n, r = a.worker[:5]
+        d = int(a.worker[5]) if len(a.worker) > 5 else 0
+        llamacpp_worker(f, int(t), int(p), int(n), int(r), d)
         return
     tests = []
     for spec in a.tests.split(","):

@@ -416,6 +416,9 @@ impl Scheduler {
             .last_batch_size
             .store(plan.len() as u64, Ordering::Relaxed);
 
+        // The logits stay in the model's workspace (no copy of vocab-sized rows per step);
+        // `logits` must be dropped before the next forward pass.
+        let model = Arc::clone(&self.model);
         let result = {
             let mut items: Vec<BatchItem> = Vec::with_capacity(plan.len());
             let mut rest: &mut [Seq] = &mut self.running;
@@ -437,9 +440,9 @@ impl Scheduler {
                 rest = tail;
                 offset = i + 1;
             }
-            self.model.model.forward_batch(&mut self.pool, &mut items)
+            model.model.run_batch(&mut self.pool, &mut items)
         };
-        let logits = match result {
+        let mut logits = match result {
             Ok(l) => l,
             Err(e) => {
                 // A failed pass leaves no partial state behind in the sequences' token lists;
@@ -462,13 +465,14 @@ impl Scheduler {
         );
 
         let mut done: Vec<(usize, FinishReason)> = Vec::new();
-        for (&(i, _), mut lg) in plan.iter().zip(logits) {
+        for (pi, &(i, _)) in plan.iter().enumerate() {
+            let lg = logits.get_mut(pi);
             if lg.is_empty() {
                 continue;
             }
             let s = &mut self.running[i];
-            let logprob = s.req.logprobs.map(|k| token_logprobs(&lg, k));
-            let id = s.sampler.sample(&mut lg, &s.tokens, &s.generated);
+            let logprob = s.req.logprobs.map(|k| token_logprobs(lg, k));
+            let id = s.sampler.sample(lg, &s.tokens, &s.generated);
             let logprob = logprob.map(|(lse, top)| TokenLogprob {
                 logprob: lg_raw(&lse, id),
                 top,
@@ -519,6 +523,7 @@ impl Scheduler {
                 done.push((i, FinishReason::Length));
             }
         }
+        drop(logits);
         done.sort_unstable_by_key(|&(i, _)| std::cmp::Reverse(i));
         for (i, reason) in done {
             let s = self.running.remove(i);

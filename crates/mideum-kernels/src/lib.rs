@@ -5,6 +5,7 @@
 //! This crate knows nothing about models, files or HTTP. Weights arrive as plain slices
 //! (`WeightView`), usually straight out of a memory map.
 
+pub mod attn;
 pub mod dot;
 pub mod matmul;
 pub mod ops;

@@ -6,8 +6,14 @@
 //!
 //! Only full blocks are ever shared, and a sequence only writes into its last, partial block,
 //! so shared blocks are read-only without copy-on-write.
+//!
+//! Keys and values are stored as f16 by default (half the bytes of f32: decode at depth reads
+//! half as much, and a memory budget holds twice the tokens); f32 stays selectable. Inside a
+//! block, each (layer, K or V, KV head) owns `BLOCK_TOKENS × head_dim` contiguous elements, so
+//! attention streams one head's rows without striding over the others.
 
 use crate::error::{ModelError, Result};
+use mideum_kernels::attn::KvRows;
 use std::collections::{BTreeMap, HashMap};
 
 /// Positions per block.
@@ -45,6 +51,16 @@ pub struct SeqKv {
 }
 
 impl SeqKv {
+    /// An empty sequence with room for `tokens` positions, so that growing to that length
+    /// never reallocates its tables.
+    pub fn with_capacity(tokens: usize) -> SeqKv {
+        SeqKv {
+            blocks: Vec::with_capacity(tokens.div_ceil(BLOCK_TOKENS)),
+            tokens: Vec::with_capacity(tokens),
+            chain: Vec::with_capacity(tokens / BLOCK_TOKENS),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
@@ -71,11 +87,90 @@ pub struct KvStats {
     pub prefix_hit_tokens: u64,
 }
 
+/// The element type of the KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// IEEE half precision (the default).
+    #[default]
+    F16,
+    F32,
+}
+
+impl KvType {
+    pub fn parse(s: &str) -> Option<KvType> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Some(KvType::F16),
+            "f32" => Some(KvType::F32),
+            _ => None,
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        }
+    }
+}
+
+enum Storage {
+    F32(Vec<Box<[f32]>>),
+    F16(Vec<Box<[u16]>>),
+}
+
+impl Storage {
+    fn len(&self) -> usize {
+        match self {
+            Storage::F32(v) => v.len(),
+            Storage::F16(v) => v.len(),
+        }
+    }
+
+    fn push_block(&mut self, elems: usize) {
+        match self {
+            Storage::F32(v) => v.push(vec![0f32; elems].into_boxed_slice()),
+            Storage::F16(v) => v.push(vec![0u16; elems].into_boxed_slice()),
+        }
+    }
+
+    fn copy_block(&mut self, from: usize, to: usize) {
+        match self {
+            Storage::F32(v) => {
+                let (a, b) = (from.min(to), from.max(to));
+                let (lo, hi) = v.split_at_mut(b);
+                if from < to {
+                    hi[0].copy_from_slice(&lo[a]);
+                } else {
+                    lo[a].copy_from_slice(&hi[0]);
+                }
+            }
+            Storage::F16(v) => {
+                let (a, b) = (from.min(to), from.max(to));
+                let (lo, hi) = v.split_at_mut(b);
+                if from < to {
+                    hi[0].copy_from_slice(&lo[a]);
+                } else {
+                    lo[a].copy_from_slice(&hi[0]);
+                }
+            }
+        }
+    }
+}
+
 pub struct KvPool {
     layers: usize,
-    kv_dim: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    kv_type: KvType,
     max_blocks: usize,
-    storage: Vec<Box<[f32]>>,
+    storage: Storage,
     refcount: Vec<u32>,
     key_of: Vec<Option<PrefixKey>>,
     last_used: Vec<u64>,
@@ -90,12 +185,23 @@ pub struct KvPool {
 
 impl KvPool {
     /// A pool of at most `max_blocks` blocks; storage is allocated as blocks are first used.
-    pub fn new(layers: usize, kv_dim: usize, max_blocks: usize) -> KvPool {
+    pub fn new(
+        layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        max_blocks: usize,
+        kv_type: KvType,
+    ) -> KvPool {
         KvPool {
             layers,
-            kv_dim,
+            n_kv_heads,
+            head_dim,
+            kv_type,
             max_blocks: max_blocks.max(1),
-            storage: Vec::new(),
+            storage: match kv_type {
+                KvType::F16 => Storage::F16(Vec::new()),
+                KvType::F32 => Storage::F32(Vec::new()),
+            },
             refcount: Vec::new(),
             key_of: Vec::new(),
             last_used: Vec::new(),
@@ -109,8 +215,25 @@ impl KvPool {
     }
 
     /// Bytes one block takes (keys and values of every layer).
-    pub fn block_bytes(layers: usize, kv_dim: usize) -> usize {
-        layers * 2 * BLOCK_TOKENS * kv_dim * 4
+    pub fn block_bytes(layers: usize, kv_dim: usize, kv_type: KvType) -> usize {
+        layers * 2 * BLOCK_TOKENS * kv_dim * kv_type.bytes()
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// Keys (or values) per position and layer: KV heads × head dimension.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    fn block_elems(&self) -> usize {
+        self.layers * 2 * BLOCK_TOKENS * self.n_kv_heads * self.head_dim
     }
 
     pub fn max_blocks(&self) -> usize {
@@ -147,8 +270,8 @@ impl KvPool {
             b
         } else if self.storage.len() < self.max_blocks {
             let b = self.storage.len() as BlockId;
-            self.storage
-                .push(vec![0f32; self.layers * 2 * BLOCK_TOKENS * self.kv_dim].into_boxed_slice());
+            let elems = self.block_elems();
+            self.storage.push_block(elems);
             self.refcount.push(0);
             self.key_of.push(None);
             self.last_used.push(0);
@@ -272,8 +395,7 @@ impl KvPool {
             let last = seq.blocks[keep - 1];
             if self.refcount[last as usize] > 1 {
                 let fresh = self.take_block()?;
-                let data = self.storage[last as usize].clone();
-                self.storage[fresh as usize] = data;
+                self.storage.copy_block(last as usize, fresh as usize);
                 self.refcount[last as usize] -= 1;
                 seq.blocks[keep - 1] = fresh;
             } else if let Some(k) = self.key_of[last as usize].take() {
@@ -287,34 +409,64 @@ impl KvPool {
 
     /// Bytes of block storage allocated so far.
     pub fn allocated_bytes(&self) -> usize {
-        self.storage.len() * self.layers * 2 * BLOCK_TOKENS * self.kv_dim * 4
+        self.storage.len() * self.block_elems() * self.kv_type.bytes()
     }
 
-    /// Offset of (layer, k-or-v, position-in-block) inside a block.
+    /// Offset of (layer, k-or-v, KV head) inside a block: `BLOCK_TOKENS × head_dim` elements.
     #[inline]
-    fn offset(&self, layer: usize, is_v: usize, slot: usize) -> usize {
-        ((layer * 2 + is_v) * BLOCK_TOKENS + slot) * self.kv_dim
+    fn offset(&self, layer: usize, is_v: usize, head: usize) -> usize {
+        ((layer * 2 + is_v) * self.n_kv_heads + head) * BLOCK_TOKENS * self.head_dim
     }
 
+    /// Stores the keys and values (`n_kv_heads × head_dim` each) of `seq` at `pos`.
     pub(crate) fn write(&mut self, seq: &SeqKv, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let b = seq.block_of(pos) as usize;
         let slot = pos % BLOCK_TOKENS;
-        let (ko, vo) = (self.offset(layer, 0, slot), self.offset(layer, 1, slot));
-        let d = self.kv_dim;
-        self.storage[b][ko..ko + d].copy_from_slice(k);
-        self.storage[b][vo..vo + d].copy_from_slice(v);
+        let hd = self.head_dim;
+        for h in 0..self.n_kv_heads {
+            let ko = self.offset(layer, 0, h) + slot * hd;
+            let vo = self.offset(layer, 1, h) + slot * hd;
+            let (ks, vs) = (&k[h * hd..(h + 1) * hd], &v[h * hd..(h + 1) * hd]);
+            match &mut self.storage {
+                Storage::F32(st) => {
+                    st[b][ko..ko + hd].copy_from_slice(ks);
+                    st[b][vo..vo + hd].copy_from_slice(vs);
+                }
+                Storage::F16(st) => {
+                    for (d, &x) in st[b][ko..ko + hd].iter_mut().zip(ks) {
+                        *d = half::f16::from_f32(x).to_bits();
+                    }
+                    for (d, &x) in st[b][vo..vo + hd].iter_mut().zip(vs) {
+                        *d = half::f16::from_f32(x).to_bits();
+                    }
+                }
+            }
+        }
     }
 
+    /// Keys and values of KV head `head` in the `bi`-th block of `seq` at `layer`
+    /// (`BLOCK_TOKENS × head_dim` each; positions past the sequence's end are unspecified).
     #[inline]
-    pub(crate) fn key(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f32] {
-        let o = self.offset(layer, 0, pos % BLOCK_TOKENS);
-        &self.storage[seq.block_of(pos) as usize][o..o + self.kv_dim]
-    }
-
-    #[inline]
-    pub(crate) fn value(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f32] {
-        let o = self.offset(layer, 1, pos % BLOCK_TOKENS);
-        &self.storage[seq.block_of(pos) as usize][o..o + self.kv_dim]
+    pub(crate) fn head_rows(
+        &self,
+        seq: &SeqKv,
+        layer: usize,
+        bi: usize,
+        head: usize,
+    ) -> KvRows<'_> {
+        let b = seq.blocks[bi] as usize;
+        let n = BLOCK_TOKENS * self.head_dim;
+        let (ko, vo) = (self.offset(layer, 0, head), self.offset(layer, 1, head));
+        match &self.storage {
+            Storage::F32(st) => KvRows::F32 {
+                k: &st[b][ko..ko + n],
+                v: &st[b][vo..vo + n],
+            },
+            Storage::F16(st) => KvRows::F16 {
+                k: &st[b][ko..ko + n],
+                v: &st[b][vo..vo + n],
+            },
+        }
     }
 }
 
@@ -329,7 +481,7 @@ mod tests {
 
     #[test]
     fn prefix_blocks_are_shared_and_evicted_lru() {
-        let mut pool = KvPool::new(1, 4, 6);
+        let mut pool = KvPool::new(1, 1, 4, 6, KvType::F16);
         let prompt: Vec<u32> = (0..40).collect();
         let mut a = SeqKv::default();
         assert_eq!(pool.attach_prefix(&mut a, &prompt), 0);
@@ -363,7 +515,7 @@ mod tests {
 
     #[test]
     fn truncate_unregisters_and_copies_shared_partial_blocks() {
-        let mut pool = KvPool::new(1, 4, 16);
+        let mut pool = KvPool::new(1, 1, 4, 16, KvType::F16);
         let p: Vec<u32> = (0..40).collect();
         let mut a = SeqKv::default();
         fill(&mut pool, &mut a, &p);
@@ -380,9 +532,92 @@ mod tests {
         assert_eq!(pool.attach_prefix(&mut c, &p), 16);
     }
 
+    fn head_vals(
+        pool: &KvPool,
+        seq: &SeqKv,
+        layer: usize,
+        pos: usize,
+        head: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let hd = pool.head_dim;
+        let o = (pos % BLOCK_TOKENS) * hd;
+        match pool.head_rows(seq, layer, pos / BLOCK_TOKENS, head) {
+            KvRows::F32 { k, v } => (k[o..o + hd].to_vec(), v[o..o + hd].to_vec()),
+            KvRows::F16 { k, v } => (
+                k[o..o + hd]
+                    .iter()
+                    .map(|&h| half::f16::from_bits(h).to_f32())
+                    .collect(),
+                v[o..o + hd]
+                    .iter()
+                    .map(|&h| half::f16::from_bits(h).to_f32())
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn written_rows_read_back_per_head_in_both_types() {
+        for kv_type in [KvType::F16, KvType::F32] {
+            let (layers, heads, hd) = (2, 3, 4);
+            let mut pool = KvPool::new(layers, heads, hd, 8, kv_type);
+            let mut seq = SeqKv::default();
+            pool.reserve(&mut seq, 20).unwrap();
+            let val = |l: usize, p: usize, i: usize, v: bool| {
+                (l * 1000 + p * 10 + i) as f32 * 0.013 + if v { 0.5 } else { 0.0 }
+            };
+            for l in 0..layers {
+                for p in 0..20 {
+                    let k: Vec<f32> = (0..heads * hd).map(|i| val(l, p, i, false)).collect();
+                    let v: Vec<f32> = (0..heads * hd).map(|i| val(l, p, i, true)).collect();
+                    pool.write(&seq, l, p, &k, &v);
+                }
+            }
+            let round = |x: f32| match kv_type {
+                KvType::F16 => half::f16::from_f32(x).to_f32(),
+                KvType::F32 => x,
+            };
+            for l in 0..layers {
+                for p in [0, 15, 16, 19] {
+                    for h in 0..heads {
+                        let (k, v) = head_vals(&pool, &seq, l, p, h);
+                        for d in 0..hd {
+                            assert_eq!(k[d], round(val(l, p, h * hd + d, false)));
+                            assert_eq!(v[d], round(val(l, p, h * hd + d, true)));
+                        }
+                    }
+                }
+            }
+            assert_eq!(
+                pool.allocated_bytes(),
+                2 * KvPool::block_bytes(layers, heads * hd, kv_type)
+            );
+        }
+    }
+
+    #[test]
+    fn truncating_a_shared_block_copies_its_contents() {
+        let mut pool = KvPool::new(1, 1, 4, 8, KvType::F16);
+        let p: Vec<u32> = (0..40).collect();
+        let mut a = SeqKv::default();
+        pool.reserve(&mut a, 40).unwrap();
+        for pos in 0..40 {
+            let x = [pos as f32; 4];
+            pool.write(&a, 0, pos, &x, &x);
+        }
+        pool.commit(&mut a, &p);
+        let mut b = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut b, &p), 32);
+        pool.truncate(&mut a, 20).unwrap();
+        assert_ne!(a.blocks[1], b.blocks[1]);
+        for pos in 16..20 {
+            assert_eq!(head_vals(&pool, &a, 0, pos, 0).0, vec![pos as f32; 4]);
+        }
+    }
+
     #[test]
     fn different_histories_do_not_alias() {
-        let mut pool = KvPool::new(1, 4, 16);
+        let mut pool = KvPool::new(1, 1, 4, 16, KvType::F16);
         let mut a = SeqKv::default();
         let pa: Vec<u32> = (0..33).collect();
         fill(&mut pool, &mut a, &pa);

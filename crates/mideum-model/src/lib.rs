@@ -17,8 +17,8 @@ pub mod tokenizer;
 
 pub use config::{GenerationDefaults, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
-pub use kv::{KvPool, KvStats, SeqKv, BLOCK_TOKENS};
-pub use llama::{BatchItem, KvCache, Llama, Logits};
+pub use kv::{KvPool, KvStats, KvType, SeqKv, BLOCK_TOKENS};
+pub use llama::{BatchItem, BatchLogits, KvCache, Llama, Logits};
 pub use loader::{CheckpointFormat, LoadOptions, LoadedModel, TextAssets};
 pub use mideum_kernels::QuantType;
 pub use template::{ChatTemplate, DateTime};

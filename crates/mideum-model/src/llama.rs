@@ -2,15 +2,22 @@
 //! type. One function per step, buffers sized once per call:
 //! embed → per layer (RMSNorm → Q/K/V → RoPE → causal GQA attention → O → residual →
 //! RMSNorm → gate/up → SwiGLU → down → residual) → final RMSNorm → LM head.
+//!
+//! Every intermediate buffer lives in a grow-only [`Workspace`] kept by the model and reused
+//! from one forward pass to the next, so a decode step allocates nothing once warmed up (see
+//! `tests/no_alloc.rs` for what is measured). RMSNorm is fused into the quantization of the
+//! Q/K/V and gate/up inputs, and each of those groups is one pool dispatch (`matmul_multi`).
 
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{ModelError, Result};
-use crate::kv::{KvPool, SeqKv, BLOCK_TOKENS};
+use crate::kv::{KvPool, KvType, SeqKv, BLOCK_TOKENS};
 use crate::tensor::Tensor;
-use mideum_kernels::ops::{add_assign, rmsnorm, rope, silu_mul, softmax};
+use mideum_kernels::attn::{attend, AttnKernel, AttnShape};
+use mideum_kernels::ops::{add_assign, rmsnorm, rope, silu_mul};
 use mideum_kernels::par::DisjointSlice;
-use mideum_kernels::{matmul, DotKernel, RopeLayout, ThreadPool};
+use mideum_kernels::{matmul, matmul_multi_rmsnorm, DotKernel, RopeLayout, ThreadPool};
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
 /// Which tensor names a checkpoint uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +49,86 @@ pub struct Llama {
     rope_layout: RopeLayout,
     pool: ThreadPool,
     kern: DotKernel,
+    attn_kern: AttnKernel,
+    kv_type: KvType,
+    /// Scratch of the forward pass; the lock also serializes concurrent callers.
+    ws: Mutex<Workspace>,
+}
+
+/// One attention task: `rows` consecutive rows (from flattened row `row0`) of one sequence,
+/// for one KV head and the query heads of its group.
+#[derive(Clone, Copy, Debug)]
+struct AttnTask {
+    item: u32,
+    row0: u32,
+    rows: u32,
+    kvh: u32,
+}
+
+/// Query rows per prefill attention task: 16 rows × a GQA group of 4 share each K/V block
+/// read while it is in L1.
+const ATTN_ROWS: usize = 16;
+
+/// Buffers of the forward pass, grown to the largest batch seen and never shrunk.
+#[derive(Default)]
+struct Workspace {
+    row_item: Vec<u32>,
+    row_pos: Vec<u32>,
+    x: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    inv_freq: Vec<f32>,
+    tasks: Vec<AttnTask>,
+    out_rows: Vec<usize>,
+    normed: Vec<f32>,
+    logits: Vec<f32>,
+    /// Per item: first logits row and number of rows.
+    spans: Vec<(usize, usize)>,
+}
+
+/// `v[..n]`, growing `v` first if it is shorter (contents are unspecified: callers overwrite).
+fn grown<T: Clone + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
+}
+
+/// The logits of one batched forward pass, borrowed from the model's workspace (no copy).
+/// The model runs no other forward pass while this is alive: drop it before the next one.
+pub struct BatchLogits<'m> {
+    ws: MutexGuard<'m, Workspace>,
+    vocab: usize,
+}
+
+impl BatchLogits<'_> {
+    /// Number of batch items.
+    pub fn len(&self) -> usize {
+        self.ws.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ws.spans.is_empty()
+    }
+
+    /// Item `i`'s logits, `vocab_size` per returned position (empty for `Logits::None`).
+    pub fn get(&self, i: usize) -> &[f32] {
+        let (r0, n) = self.ws.spans[i];
+        &self.ws.logits[r0 * self.vocab..(r0 + n) * self.vocab]
+    }
+
+    pub fn get_mut(&mut self, i: usize) -> &mut [f32] {
+        let (r0, n) = self.ws.spans[i];
+        let v = self.vocab;
+        &mut self.ws.logits[r0 * v..(r0 + n) * v]
+    }
 }
 
 /// A private cache for one sequence (the CLI, scoring, tests): its own block pool sized to
@@ -74,6 +161,37 @@ impl KvCache {
     /// Bytes of KV storage allocated.
     pub fn bytes(&self) -> usize {
         self.pool.allocated_bytes()
+    }
+
+    /// Appends `tokens` with pseudo-random keys and values instead of computing them: for
+    /// timing decode at a context depth without paying the prefill (attention reads the same
+    /// bytes whatever they hold). The logits that follow are meaningless.
+    pub fn fill_synthetic(&mut self, tokens: &[u32], seed: u64) -> Result<()> {
+        if self.seq.len() + tokens.len() > self.max_len {
+            return Err(ModelError::ContextOverflow {
+                tokens: self.seq.len() + tokens.len(),
+                context: self.max_len,
+            });
+        }
+        self.pool.reserve(&mut self.seq, tokens.len())?;
+        let (layers, kv_dim) = (self.pool.layers(), self.pool.kv_dim());
+        let mut s = seed | 1;
+        let mut k = vec![0f32; kv_dim];
+        let mut v = vec![0f32; kv_dim];
+        for i in 0..tokens.len() {
+            let pos = self.seq.len() + i;
+            for li in 0..layers {
+                for x in k.iter_mut().chain(v.iter_mut()) {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    *x = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                }
+                self.pool.write(&self.seq, li, pos, &k, &v);
+            }
+        }
+        self.pool.commit(&mut self.seq, tokens);
+        Ok(())
     }
 }
 
@@ -192,25 +310,44 @@ impl Llama {
             rope_layout,
             pool: ThreadPool::new(n_threads),
             kern: DotKernel::detect(),
+            attn_kern: AttnKernel::detect(),
+            kv_type: KvType::default(),
+            ws: Mutex::new(Workspace::default()),
         })
+    }
+
+    /// The element type of KV caches made by `new_cache`/`new_pool` from now on.
+    pub fn set_kv_type(&mut self, t: KvType) {
+        self.kv_type = t;
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     pub fn new_cache(&self, max_len: usize) -> KvCache {
         KvCache {
             pool: self.new_pool(max_len.div_ceil(BLOCK_TOKENS)),
-            seq: SeqKv::default(),
+            seq: SeqKv::with_capacity(max_len),
             max_len,
         }
     }
 
     /// A shared block pool of at most `max_blocks` blocks.
     pub fn new_pool(&self, max_blocks: usize) -> KvPool {
-        KvPool::new(self.config.num_layers, self.config.kv_dim(), max_blocks)
+        let c = &self.config;
+        KvPool::new(
+            c.num_layers,
+            c.num_kv_heads,
+            c.head_dim,
+            max_blocks,
+            self.kv_type,
+        )
     }
 
     /// Bytes of one KV block for this model.
     pub fn kv_block_bytes(&self) -> usize {
-        KvPool::block_bytes(self.config.num_layers, self.config.kv_dim())
+        KvPool::block_bytes(self.config.num_layers, self.config.kv_dim(), self.kv_type)
     }
 
     /// Bytes of weights (mapped or owned) the model reads.
@@ -229,32 +366,30 @@ impl Llama {
         s
     }
 
-    /// Inverse frequencies and the cos/sin multiplier for a forward pass ending at `seq_len`.
-    fn rope_freqs(&self, seq_len: usize) -> (Vec<f32>, f32) {
+    /// Fills `out` (`head_dim / 2` floats) with the inverse frequencies for a forward pass
+    /// ending at `seq_len` and returns the cos/sin multiplier. Allocates nothing.
+    fn rope_freqs(&self, seq_len: usize, out: &mut [f32]) -> f32 {
         let c = &self.config;
         let dim = c.head_dim;
-        let base_freqs = |base: f64| -> Vec<f64> {
-            (0..dim / 2)
-                .map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64))
-                .collect()
-        };
-        let (inv, att): (Vec<f64>, f64) = match &c.rope_scaling {
-            RopeScaling::None => (base_freqs(c.rope_theta), 1.0),
-            RopeScaling::Linear { factor } => (
-                base_freqs(c.rope_theta)
-                    .iter()
-                    .map(|f| f / factor)
-                    .collect(),
-                1.0,
-            ),
-            RopeScaling::Factors(fs) => (
-                base_freqs(c.rope_theta)
-                    .iter()
-                    .zip(fs)
-                    .map(|(f, &d)| f / d as f64)
-                    .collect(),
-                1.0,
-            ),
+        let base_at = |base: f64, i: usize| 1.0 / base.powf((2 * i) as f64 / dim as f64);
+        let mut att = 1.0f64;
+        match &c.rope_scaling {
+            RopeScaling::None => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = base_at(c.rope_theta, i) as f32;
+                }
+            }
+            RopeScaling::Linear { factor } => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = (base_at(c.rope_theta, i) / factor) as f32;
+                }
+            }
+            RopeScaling::Factors(fs) => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let d = fs.get(i).copied().unwrap_or(1.0);
+                    *o = (base_at(c.rope_theta, i) / d as f64) as f32;
+                }
+            }
             RopeScaling::Dynamic {
                 factor,
                 original_max,
@@ -267,7 +402,9 @@ impl Llama {
                 } else {
                     c.rope_theta
                 };
-                (base_freqs(base), 1.0)
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = base_at(base, i) as f32;
+                }
             }
             RopeScaling::Llama3 {
                 factor,
@@ -278,22 +415,20 @@ impl Llama {
                 let old = *original_max as f64;
                 let low_wl = old / low_freq_factor;
                 let high_wl = old / high_freq_factor;
-                let inv = base_freqs(c.rope_theta)
-                    .into_iter()
-                    .map(|f| {
-                        let wl = 2.0 * std::f64::consts::PI / f;
-                        if wl < high_wl {
-                            f
-                        } else if wl > low_wl {
-                            f / factor
-                        } else {
-                            let smooth =
-                                (old / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * f / factor + smooth * f
-                        }
-                    })
-                    .collect();
-                (inv, 1.0)
+                for (i, o) in out.iter_mut().enumerate() {
+                    let f = base_at(c.rope_theta, i);
+                    let wl = 2.0 * std::f64::consts::PI / f;
+                    let v = if wl < high_wl {
+                        f
+                    } else if wl > low_wl {
+                        f / factor
+                    } else {
+                        let smooth =
+                            (old / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    };
+                    *o = v as f32;
+                }
             }
             RopeScaling::Yarn {
                 factor,
@@ -312,7 +447,7 @@ impl Llama {
                         0.1 * m * scale.ln() + 1.0
                     }
                 };
-                let att = match (attention_factor, mscale, mscale_all_dim) {
+                att = match (attention_factor, mscale, mscale_all_dim) {
                     (Some(a), _, _) => *a,
                     (None, Some(m), Some(ma)) if *m != 0.0 && *ma != 0.0 => {
                         get_mscale(*factor, *m) / get_mscale(*factor, *ma)
@@ -335,25 +470,32 @@ impl Llama {
                 if low == high {
                     high += 0.001;
                 }
-                let inv = (0..dim / 2)
-                    .map(|i| {
-                        let pos = base.powf((2 * i) as f64 / d);
-                        let extra = 1.0 / pos;
-                        let inter = 1.0 / (factor * pos);
-                        let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
-                        let extra_factor = 1.0 - ramp;
-                        inter * (1.0 - extra_factor) + extra * extra_factor
-                    })
-                    .collect();
-                (inv, att)
+                for (i, o) in out.iter_mut().enumerate() {
+                    let pos = base.powf((2 * i) as f64 / d);
+                    let extra = 1.0 / pos;
+                    let inter = 1.0 / (factor * pos);
+                    let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                    let extra_factor = 1.0 - ramp;
+                    *o = (inter * (1.0 - extra_factor) + extra * extra_factor) as f32;
+                }
             }
-        };
-        (inv.into_iter().map(|f| f as f32).collect(), att as f32)
+        }
+        att as f32
     }
 
     /// Runs `tokens` at the positions after those already in `cache`, appends their keys and
     /// values, and returns logits (`vocab_size` floats per returned position).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        Ok(self.forward_cached(tokens, cache, which)?.get(0).to_vec())
+    }
+
+    /// [`Llama::forward`] without copying the logits out of the workspace.
+    pub fn forward_cached(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Result<BatchLogits<'_>> {
         if cache.seq.len() + tokens.len() > cache.max_len {
             return Err(ModelError::ContextOverflow {
                 tokens: cache.seq.len() + tokens.len(),
@@ -365,18 +507,28 @@ impl Llama {
             seq: &mut cache.seq,
             logits: which,
         }];
-        let mut out = self.forward_batch(&mut cache.pool, &mut items)?;
-        Ok(out.pop().unwrap_or_default())
+        self.run_batch(&mut cache.pool, &mut items)
     }
 
     /// One forward pass over several sequences at once: every weight matrix is read once for
     /// all their tokens; attention runs per sequence over its own blocks. Returns the requested
-    /// logits per item (empty for `Logits::None`).
+    /// logits per item (empty for `Logits::None`), copied out; [`Llama::run_batch`] lends them
+    /// instead.
     pub fn forward_batch(
         &self,
         pool: &mut KvPool,
         items: &mut [BatchItem<'_>],
     ) -> Result<Vec<Vec<f32>>> {
+        let out = self.run_batch(pool, items)?;
+        Ok((0..out.len()).map(|i| out.get(i).to_vec()).collect())
+    }
+
+    /// [`Llama::forward_batch`] with the logits left in the model's workspace.
+    pub fn run_batch(
+        &self,
+        pool: &mut KvPool,
+        items: &mut [BatchItem<'_>],
+    ) -> Result<BatchLogits<'_>> {
         let c = &self.config;
         for it in items.iter() {
             if let Some(&bad) = it.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
@@ -400,19 +552,29 @@ impl Llama {
         for it in items.iter_mut() {
             pool.reserve(it.seq, it.tokens.len())?;
         }
+        let mut guard = self.ws.lock().unwrap_or_else(|e| e.into_inner());
+        let ws = &mut *guard;
         // Row r of the flattened batch belongs to item `row_item[r]` at position `row_pos[r]`.
-        let mut row_item = Vec::new();
-        let mut row_pos = Vec::new();
-        for (ii, it) in items.iter().enumerate() {
-            let p0 = it.seq.len();
-            for i in 0..it.tokens.len() {
-                row_item.push(ii);
-                row_pos.push(p0 + i);
+        let t: usize = items.iter().map(|it| it.tokens.len()).sum();
+        {
+            let (ri, rp) = (grown(&mut ws.row_item, t), grown(&mut ws.row_pos, t));
+            let mut r = 0;
+            for (ii, it) in items.iter().enumerate() {
+                let p0 = it.seq.len();
+                for i in 0..it.tokens.len() {
+                    ri[r] = ii as u32;
+                    rp[r] = (p0 + i) as u32;
+                    r += 1;
+                }
             }
         }
-        let t = row_item.len();
+        ws.spans.clear();
         if t == 0 {
-            return Ok(items.iter().map(|_| Vec::new()).collect());
+            ws.spans.extend(items.iter().map(|_| (0, 0)));
+            return Ok(BatchLogits {
+                ws: guard,
+                vocab: c.vocab_size,
+            });
         }
         let (h, qd, kvd, ff, hd) = (
             c.hidden_size,
@@ -422,8 +584,9 @@ impl Llama {
             c.head_dim,
         );
         let (tp, kern) = (&self.pool, self.kern);
+        let eps = c.rms_norm_eps;
 
-        let mut x = vec![0f32; t * h];
+        let x = grown(&mut ws.x, t * h);
         for (r, &id) in items.iter().flat_map(|it| it.tokens.iter()).enumerate() {
             self.embed
                 .view()
@@ -431,11 +594,12 @@ impl Llama {
         }
         // cos/sin per row; frequencies can depend on each sequence's length (dynamic NTK).
         let half = hd / 2;
-        let mut cos = vec![0f32; t * half];
-        let mut sin = vec![0f32; t * half];
+        let cos = grown(&mut ws.cos, t * half);
+        let sin = grown(&mut ws.sin, t * half);
+        let inv_freq = grown(&mut ws.inv_freq, half);
         let mut r = 0;
         for it in items.iter() {
-            let (inv_freq, att_scale) = self.rope_freqs(it.seq.len() + it.tokens.len());
+            let att_scale = self.rope_freqs(it.seq.len() + it.tokens.len(), inv_freq);
             for i in 0..it.tokens.len() {
                 let pos = (it.seq.len() + i) as f32;
                 for (j, &f) in inv_freq.iter().enumerate() {
@@ -447,30 +611,55 @@ impl Llama {
             }
         }
 
-        let mut hbuf = vec![0f32; t * h];
-        let mut q = vec![0f32; t * qd];
-        let mut k = vec![0f32; t * kvd];
-        let mut v = vec![0f32; t * kvd];
-        let mut attn = vec![0f32; t * qd];
-        let mut o = vec![0f32; t * h];
-        let mut gate = vec![0f32; t * ff];
-        let mut up = vec![0f32; t * ff];
+        let q = grown(&mut ws.q, t * qd);
+        let k = grown(&mut ws.k, t * kvd);
+        let v = grown(&mut ws.v, t * kvd);
+        let attn = grown(&mut ws.attn, t * qd);
+        let o = grown(&mut ws.o, t * h);
+        let gate = grown(&mut ws.gate, t * ff);
+        let up = grown(&mut ws.up, t * ff);
+        let (row_item, row_pos) = (&ws.row_item[..t], &ws.row_pos[..t]);
         let scale = 1.0 / (hd as f32).sqrt();
         let group = c.num_heads / c.num_kv_heads;
-        let max_ctx = row_pos.iter().max().copied().unwrap_or(0) + 1;
+
+        // Attention tasks: (sequence, KV head, chunk of query rows). A decode row is one task
+        // per KV head; a prefill chunk is split so that both threads have work.
+        ws.tasks.clear();
+        let mut row0 = 0;
+        for (ii, it) in items.iter().enumerate() {
+            let n = it.tokens.len();
+            let mut r = 0;
+            while r < n {
+                let rows = ATTN_ROWS.min(n - r);
+                for kvh in 0..c.num_kv_heads {
+                    ws.tasks.push(AttnTask {
+                        item: ii as u32,
+                        row0: (row0 + r) as u32,
+                        rows: rows as u32,
+                        kvh: kvh as u32,
+                    });
+                }
+                r += rows;
+            }
+            row0 += n;
+        }
+        let tasks = &ws.tasks[..];
 
         for (li, l) in self.layers.iter().enumerate() {
-            for i in 0..t {
-                rmsnorm(
-                    &x[i * h..(i + 1) * h],
-                    &l.attn_norm,
-                    c.rms_norm_eps,
-                    &mut hbuf[i * h..(i + 1) * h],
-                );
-            }
-            matmul(tp, kern, &hbuf, t, h, l.wq.view(), qd, &mut q);
-            matmul(tp, kern, &hbuf, t, h, l.wk.view(), kvd, &mut k);
-            matmul(tp, kern, &hbuf, t, h, l.wv.view(), kvd, &mut v);
+            matmul_multi_rmsnorm(
+                tp,
+                kern,
+                x,
+                &l.attn_norm,
+                eps,
+                t,
+                h,
+                &mut [
+                    (l.wq.view(), qd, &mut *q),
+                    (l.wk.view(), kvd, &mut *k),
+                    (l.wv.view(), kvd, &mut *v),
+                ],
+            );
             for i in 0..t {
                 let (cs, sn) = (
                     &cos[i * half..(i + 1) * half],
@@ -493,106 +682,107 @@ impl Llama {
                     );
                 }
                 pool.write(
-                    items[row_item[i]].seq,
+                    items[row_item[i] as usize].seq,
                     li,
-                    row_pos[i],
+                    row_pos[i] as usize,
                     &k[i * kvd..(i + 1) * kvd],
                     &v[i * kvd..(i + 1) * kvd],
                 );
             }
 
-            let dst = DisjointSlice::new(&mut attn);
-            let (qr, pool_r, items_r, row_item_r, row_pos_r) =
-                (&q, &*pool, &*items, &row_item, &row_pos);
-            // One task per (row, head): rows of different sequences read different blocks.
-            tp.for_each(t * c.num_heads, &|task| {
-                let (i, hh) = (task / c.num_heads, task % c.num_heads);
-                let seq = &*items_r[row_item_r[i]].seq;
-                let n_ctx = row_pos_r[i] + 1;
-                let kvh = hh / group;
-                let mut scores = Vec::with_capacity(max_ctx);
-                let qv = &qr[i * qd + hh * hd..i * qd + (hh + 1) * hd];
-                for j in 0..n_ctx {
-                    let kv = &pool_r.key(seq, li, j)[kvh * hd..(kvh + 1) * hd];
-                    scores.push(kern.dot_f32(qv, kv) * scale);
-                }
-                softmax(&mut scores);
-                // SAFETY: task (i, hh) owns row i's columns hh*hd..(hh+1)*hd; tasks are distinct.
-                let out = unsafe { dst.range(i * qd + hh * hd, i * qd + (hh + 1) * hd) };
-                out.iter_mut().for_each(|o| *o = 0.0);
-                for (j, &p) in scores.iter().enumerate() {
-                    let vv = &pool_r.value(seq, li, j)[kvh * hd..(kvh + 1) * hd];
-                    for (o, &vx) in out.iter_mut().zip(vv) {
-                        *o += p * vx;
-                    }
-                }
-            });
-            matmul(tp, kern, &attn, t, qd, l.wo.view(), h, &mut o);
-            add_assign(&mut x, &o);
-
-            for i in 0..t {
-                rmsnorm(
-                    &x[i * h..(i + 1) * h],
-                    &l.ffn_norm,
-                    c.rms_norm_eps,
-                    &mut hbuf[i * h..(i + 1) * h],
+            let dst = DisjointSlice::new(&mut *attn);
+            let (qr, pool_r, items_r) = (&*q, &*pool, &*items);
+            let akern = self.attn_kern;
+            tp.for_each(tasks.len(), &|ti| {
+                let tk = tasks[ti];
+                let (row0, kvh) = (tk.row0 as usize, tk.kvh as usize);
+                let seq = &*items_r[tk.item as usize].seq;
+                let shape = AttnShape {
+                    head_dim: hd,
+                    group,
+                    rows: tk.rows as usize,
+                    pos0: row_pos[row0] as usize,
+                    block: BLOCK_TOKENS,
+                    scale,
+                };
+                let col = kvh * group * hd;
+                attend(
+                    akern,
+                    &shape,
+                    &qr[row0 * qd + col..],
+                    qd,
+                    &|b| pool_r.head_rows(seq, li, b, kvh),
+                    &mut |r, out| {
+                        let at = (row0 + r) * qd + col;
+                        // SAFETY: task (rows row0.., head kvh) owns columns col..col+group*hd
+                        // of its rows; tasks never share a (row, KV head).
+                        let d = unsafe { dst.range(at, at + group * hd) };
+                        d.copy_from_slice(out);
+                    },
                 );
-            }
-            matmul(tp, kern, &hbuf, t, h, l.w_gate.view(), ff, &mut gate);
-            matmul(tp, kern, &hbuf, t, h, l.w_up.view(), ff, &mut up);
-            silu_mul(&mut gate, &up);
-            matmul(tp, kern, &gate, t, ff, l.w_down.view(), h, &mut o);
-            add_assign(&mut x, &o);
+            });
+            matmul(tp, kern, attn, t, qd, l.wo.view(), h, o);
+            add_assign(x, o);
+
+            matmul_multi_rmsnorm(
+                tp,
+                kern,
+                x,
+                &l.ffn_norm,
+                eps,
+                t,
+                h,
+                &mut [
+                    (l.w_gate.view(), ff, &mut *gate),
+                    (l.w_up.view(), ff, &mut *up),
+                ],
+            );
+            silu_mul(gate, up);
+            matmul(tp, kern, gate, t, ff, l.w_down.view(), h, o);
+            add_assign(x, o);
         }
         for it in items.iter_mut() {
             pool.commit(it.seq, it.tokens);
         }
 
         // Rows whose logits are wanted, then one LM-head product for all of them.
-        let mut rows = Vec::new();
+        ws.out_rows.clear();
         let mut r0 = 0;
         for it in items.iter() {
             let n = it.tokens.len();
+            let first = ws.out_rows.len();
             match it.logits {
                 Logits::None => {}
-                Logits::Last if n > 0 => rows.push(r0 + n - 1),
+                Logits::Last if n > 0 => ws.out_rows.push(r0 + n - 1),
                 Logits::Last => {}
-                Logits::All => rows.extend(r0..r0 + n),
+                Logits::All => ws.out_rows.extend(r0..r0 + n),
             }
+            ws.spans.push((first, ws.out_rows.len() - first));
             r0 += n;
         }
-        let mut normed = vec![0f32; rows.len() * h];
-        for (ri, &i) in rows.iter().enumerate() {
+        let n_out = ws.out_rows.len();
+        let normed = grown(&mut ws.normed, n_out * h);
+        let x = &ws.x[..t * h];
+        for (ri, &i) in ws.out_rows.iter().enumerate() {
             rmsnorm(
                 &x[i * h..(i + 1) * h],
                 &self.final_norm,
-                c.rms_norm_eps,
+                eps,
                 &mut normed[ri * h..(ri + 1) * h],
             );
         }
         let vocab = c.vocab_size;
-        let mut logits = vec![0f32; rows.len() * vocab];
+        let logits = grown(&mut ws.logits, n_out * vocab);
         matmul(
             tp,
             kern,
-            &normed,
-            rows.len(),
+            normed,
+            n_out,
             h,
             self.lm_head.view(),
             vocab,
-            &mut logits,
+            logits,
         );
-        let mut out = Vec::with_capacity(items.len());
-        let mut taken = 0;
-        for it in items.iter() {
-            let n = match it.logits {
-                Logits::None => 0,
-                Logits::Last => usize::from(!it.tokens.is_empty()),
-                Logits::All => it.tokens.len(),
-            };
-            out.push(logits[taken * vocab..(taken + n) * vocab].to_vec());
-            taken += n;
-        }
-        Ok(out)
+        Ok(BatchLogits { ws: guard, vocab })
     }
 }

@@ -18,6 +18,8 @@ pub struct LoadOptions {
     /// Quantize every weight matrix to this GGML block type while loading (`None` keeps the
     /// stored types).
     pub quant: Option<mideum_kernels::QuantType>,
+    /// Element type of the KV cache (f16 by default; f32 for bit-closer comparisons).
+    pub kv_type: crate::kv::KvType,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,12 +85,13 @@ impl LoadedModel {
         if let Some(q) = opts.quant {
             crate::tensor::quantize_all(&mut tensors, q, threads(opts.threads))?;
         }
-        let model = Llama::new(
+        let mut model = Llama::new(
             config,
             tensors,
             NameScheme::HuggingFace,
             threads(opts.threads),
         )?;
+        model.set_kv_type(opts.kv_type);
         Self::finish(
             dir,
             CheckpointFormat::HuggingFace,
@@ -131,7 +134,8 @@ impl LoadedModel {
         if std::env::var("MIDEUM_HUGEPAGES").is_ok_and(|v| v == "1") {
             crate::tensor::move_to_hugepages(&mut tensors)?;
         }
-        let model = Llama::new(config, tensors, NameScheme::Gguf, threads(opts.threads))?;
+        let mut model = Llama::new(config, tensors, NameScheme::Gguf, threads(opts.threads))?;
+        model.set_kv_type(opts.kv_type);
         Self::finish(
             path,
             CheckpointFormat::Gguf,

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mideum_model::gguf::GgufFile;
-use mideum_model::{LoadOptions, LoadedModel, Logits};
+use mideum_model::{BatchItem, LoadOptions, LoadedModel, Logits, SeqKv, BLOCK_TOKENS};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,6 +53,18 @@ pub struct BenchArgs {
     /// Quantize the weights while loading (q8_0, q4_0, q4_k, q5_k, q6_k).
     #[arg(long)]
     pub quant: Option<String>,
+    /// Sequences decoded together in one batched forward pass per token (generation tests at
+    /// depth 0; t/s is the aggregate over all of them, as a server with that many streams).
+    #[arg(short = 'b', long = "parallel", default_value_t = 1)]
+    pub parallel: usize,
+    /// How the depth context is filled: `prefill` (run the model, like llama-bench) or
+    /// `synthetic` (random keys and values written directly: same bytes for decode to read,
+    /// without minutes of prefill).
+    #[arg(long, default_value = "prefill")]
+    pub depth_fill: String,
+    /// Element type of the KV cache (f16 or f32).
+    #[arg(long, default_value = "f16")]
+    pub kv_type: String,
     /// One JSON object per test on stdout, with llama-bench's field names.
     #[arg(long)]
     pub json: bool,
@@ -186,6 +198,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ),
         None => None,
     };
+    let kv_type = crate::parse_kv_type(&args.kv_type)?;
+    if args.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    if args.parallel > 1 && args.depth.iter().any(|&d| d > 0) {
+        bail!("--parallel above 1 is only supported at depth 0");
+    }
+    let synthetic = match args.depth_fill.as_str() {
+        "prefill" => false,
+        "synthetic" => true,
+        other => bail!("--depth-fill {other:?} is not one of prefill, synthetic"),
+    };
     let file_size = std::fs::metadata(&args.model)
         .map(|m| if m.is_file() { m.len() } else { 0 })
         .unwrap_or(0);
@@ -214,6 +238,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 threads,
                 ctx_size: Some(max_ctx),
                 quant,
+                kv_type,
             },
         )
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
@@ -243,14 +268,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 format!(" @ d{d}")
             } else {
                 String::new()
+            } + &if n > 0 && args.parallel > 1 {
+                format!(" x{}", args.parallel)
+            } else {
+                String::new()
             };
             let bw_before = measure_bandwidth(threads);
             let mut cache = lm.model.new_cache(d + p.max(n) + 1);
             if d > 0 {
                 eprintln!("bench: {label} t={threads}: filling {d} tokens of context");
                 let ctx = random_tokens(d, vocab, &mut seed);
-                for chunk in ctx.chunks(512) {
-                    lm.model.forward(chunk, &mut cache, Logits::Last)?;
+                if synthetic {
+                    cache.fill_synthetic(&ctx, seed)?;
+                } else {
+                    for chunk in ctx.chunks(512) {
+                        lm.model.forward_cached(chunk, &mut cache, Logits::Last)?;
+                    }
                 }
             }
             let mut samples = Vec::with_capacity(args.reps);
@@ -261,16 +294,35 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 if p > 0 {
                     let toks = random_tokens(p, vocab, &mut seed);
                     t0 = Instant::now();
-                    lm.model.forward(&toks, &mut cache, Logits::Last)?;
+                    lm.model.forward_cached(&toks, &mut cache, Logits::Last)?;
+                } else if args.parallel > 1 {
+                    let b = args.parallel;
+                    let mut pool = lm.model.new_pool(b * (n.div_ceil(BLOCK_TOKENS) + 1));
+                    let mut seqs: Vec<SeqKv> = (0..b).map(|_| SeqKv::with_capacity(n)).collect();
+                    let toks: Vec<Vec<u32>> =
+                        (0..b).map(|_| random_tokens(n, vocab, &mut seed)).collect();
+                    t0 = Instant::now();
+                    for i in 0..n {
+                        let mut items: Vec<BatchItem> = seqs
+                            .iter_mut()
+                            .zip(&toks)
+                            .map(|(seq, t)| BatchItem {
+                                tokens: &t[i..i + 1],
+                                seq,
+                                logits: Logits::Last,
+                            })
+                            .collect();
+                        lm.model.run_batch(&mut pool, &mut items)?;
+                    }
                 } else {
                     let toks = random_tokens(n, vocab, &mut seed);
                     t0 = Instant::now();
                     for &tk in &toks {
-                        lm.model.forward(&[tk], &mut cache, Logits::Last)?;
+                        lm.model.forward_cached(&[tk], &mut cache, Logits::Last)?;
                     }
                 }
                 let dt = t0.elapsed().as_secs_f64();
-                let ts = (p + n) as f64 / dt;
+                let ts = (p + n * if p == 0 { args.parallel } else { 1 }) as f64 / dt;
                 if rep > 0 {
                     samples.push(ts);
                 }
@@ -285,7 +337,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let bw_after = measure_bandwidth(threads);
             let (avg, sd) = mean_sd(&samples);
             let bw = (bw_before + bw_after) / 2.0;
-            let bound = bw * 1e9 / wbytes.max(1) as f64;
+            // A generated token also reads the KV cache of every earlier position: the depth plus,
+            // on average, half of the generated tokens.
+            let kv_read = if n > 0 {
+                ((d + n / 2) * lm.model.kv_block_bytes() / BLOCK_TOKENS) as f64
+            } else {
+                0.0
+            };
+            // With several sequences per step, one read of the weights serves all of them.
+            let per_step = if n > 0 { args.parallel as f64 } else { 1.0 };
+            let bound = per_step * bw * 1e9 / (wbytes as f64 + per_step * kv_read).max(1.0);
             if args.json {
                 println!(
                     "{}",
@@ -299,12 +360,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         "n_prompt": p,
                         "n_gen": n,
                         "n_depth": d,
+                        "n_parallel": if n > 0 { args.parallel } else { 1 },
                         "avg_ts": avg,
                         "stddev_ts": sd,
                         "samples_ts": samples,
                         "bw_gbs_before": bw_before,
                         "bw_gbs_after": bw_after,
                         "decode_bytes": wbytes,
+                        "kv_bytes_per_token": kv_read,
+                        "kv_type": args.kv_type,
                         "bound_ts": bound,
                         "rss_bytes": rss,
                         "kv_cache_bytes": cache.bytes(),

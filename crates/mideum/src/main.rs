@@ -101,6 +101,12 @@ impl ModelArgs {
     }
 }
 
+/// Parses a `--kv-type` value.
+pub fn parse_kv_type(s: &str) -> Result<mideum_model::KvType> {
+    mideum_model::KvType::parse(s)
+        .ok_or_else(|| anyhow::anyhow!("--kv-type {s:?} is not one of f16, f32"))
+}
+
 pub fn load_model(path: &Path, threads: usize, ctx_size: Option<usize>) -> Result<LoadedModel> {
     load_model_quant(path, threads, ctx_size, None)
 }
@@ -129,6 +135,7 @@ pub fn load_model_quant(
             threads,
             ctx_size,
             quant,
+            ..Default::default()
         },
     )
     .with_context(|| format!("cannot load model {}", path.display()))
@@ -281,6 +288,10 @@ struct PerplexityArgs {
     /// A JSON file with a list of token ids.
     #[arg(long)]
     ids_file: Option<PathBuf>,
+    /// KV cache element type while scoring (default f32, so that scores compare with
+    /// reference implementations; f16 is what generation uses).
+    #[arg(long, default_value = "f32")]
+    kv_type: String,
     #[arg(long)]
     json: bool,
 }
@@ -416,7 +427,9 @@ fn cmd_render(a: &RenderArgs) -> Result<()> {
 }
 
 fn cmd_perplexity(a: &PerplexityArgs) -> Result<()> {
-    let m = a.model.load()?;
+    let kv_type = parse_kv_type(&a.kv_type)?;
+    let mut m = a.model.load()?;
+    m.model.set_kv_type(kv_type);
     let ids: Vec<u32> = match (&a.file, &a.ids_file) {
         (Some(f), _) => {
             let text = read_utf8(f)?;

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// KV cache budget per model in MiB (default: a quarter of physical memory).
     #[arg(long)]
     pub kv_cache_mb: Option<usize>,
+    /// Element type of the KV cache: f16 (default; twice the tokens per MiB) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_type: String,
     /// Most sequences generated at once per model.
     #[arg(long, default_value_t = 16)]
     pub max_running: usize,
@@ -64,6 +67,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
     if a.max_running == 0 || a.max_queue == 0 || a.step_tokens == 0 {
         bail!("--max-running, --max-queue and --step-tokens must be at least 1");
     }
+    let kv_type = crate::parse_kv_type(&a.kv_type)?;
     let timeout = (a.request_timeout > 0).then(|| Duration::from_secs(a.request_timeout));
     let mut state = AppState::new(timeout);
     let kv_mb = a
@@ -86,7 +90,8 @@ pub fn run(a: &ServeArgs) -> Result<()> {
                 (n, p)
             }
         };
-        let m = crate::load_model(&path, a.threads, a.ctx_size)?;
+        let mut m = crate::load_model(&path, a.threads, a.ctx_size)?;
+        m.model.set_kv_type(kv_type);
         let block_bytes = m.model.kv_block_bytes();
         let kv_blocks = (kv_mb * 1024 * 1024 / block_bytes).max(2);
         let cfg = EngineConfig {

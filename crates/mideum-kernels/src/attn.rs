@@ -1,0 +1,616 @@
+//! Causal attention for one KV head and every query head that shares it (grouped-query
+//! attention), over a KV cache stored in fixed-size blocks of f32 or f16 rows.
+//!
+//! Each key and value row is read from memory once per call for all the queries of the group
+//! (and all the query rows of a prefill chunk): a block is widened to f32 into an L1-sized
+//! buffer, then every query is scored against it and folded into its output with an online
+//! ("flash") softmax, so no score vector as long as the context is ever stored. `scalar` is the
+//! reference twin of the AVX2 path (F16C for the widening, FMA, a polynomial `exp`).
+
+use crate::dot::f16_to_f32;
+use std::cell::RefCell;
+
+/// One block of one KV head: `block` rows of `head_dim` keys, then the same for values.
+#[derive(Clone, Copy, Debug)]
+pub enum KvRows<'a> {
+    F32 { k: &'a [f32], v: &'a [f32] },
+    F16 { k: &'a [u16], v: &'a [u16] },
+}
+
+/// The shape of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub head_dim: usize,
+    /// Query heads per KV head.
+    pub group: usize,
+    /// Consecutive query positions (rows) of one sequence.
+    pub rows: usize,
+    /// Position of the first row: row `r` sees keys `0..=pos0 + r`.
+    pub pos0: usize,
+    /// Rows per KV block.
+    pub block: usize,
+    /// Score multiplier, usually `1/sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// Which implementation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl AttnKernel {
+    /// The fastest path this CPU supports; `MIDEUM_KERNEL=scalar` forces the reference.
+    pub fn detect() -> AttnKernel {
+        if std::env::var("MIDEUM_KERNEL").is_ok_and(|v| v == "scalar") {
+            return AttnKernel::Scalar;
+        }
+        Self::available()
+            .last()
+            .copied()
+            .unwrap_or(AttnKernel::Scalar)
+    }
+
+    /// Every path usable on this CPU (for tests and benchmarks).
+    pub fn available() -> Vec<AttnKernel> {
+        let mut v = vec![AttnKernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                v.push(AttnKernel::Avx2);
+            }
+        }
+        v
+    }
+}
+
+/// Per-thread working memory, grown once and reused (no allocation per call after warm-up).
+#[derive(Default)]
+struct Scratch {
+    kbuf: Vec<f32>,
+    vbuf: Vec<f32>,
+    /// Running maximum and denominator per query.
+    m: Vec<f32>,
+    l: Vec<f32>,
+    /// Unnormalized output per query.
+    acc: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Attention of `shape.rows × shape.group` queries over one KV head.
+///
+/// Query `(r, g)` is `q[r * q_stride + g * head_dim..][..head_dim]`. `kv(b)` returns block `b`
+/// (positions `b * block..(b + 1) * block`) of this head; blocks up to position
+/// `pos0 + rows - 1` are read. For each row `r`, `emit(r, out)` receives the `group *
+/// head_dim` outputs of that row (head after head).
+///
+/// Panics if a block returned by `kv` is shorter than `block * head_dim` (a caller bug).
+pub fn attend<'a>(
+    kern: AttnKernel,
+    shape: &AttnShape,
+    q: &[f32],
+    q_stride: usize,
+    kv: &dyn Fn(usize) -> KvRows<'a>,
+    emit: &mut dyn FnMut(usize, &[f32]),
+) {
+    let s = shape;
+    if s.rows == 0 || s.group == 0 || s.head_dim == 0 {
+        return;
+    }
+    SCRATCH.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let sc = &mut *guard;
+        let nq = s.rows * s.group;
+        let hd = s.head_dim;
+        grow(&mut sc.kbuf, s.block * hd);
+        grow(&mut sc.vbuf, s.block * hd);
+        grow(&mut sc.m, nq);
+        grow(&mut sc.l, nq);
+        grow(&mut sc.acc, nq * hd);
+        sc.m[..nq].fill(f32::NEG_INFINITY);
+        sc.l[..nq].fill(0.0);
+        sc.acc[..nq * hd].fill(0.0);
+        match kern {
+            AttnKernel::Scalar => run::<ScalarOps>(s, q, q_stride, kv, sc),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx2` is only handed out by `available`/`detect` when the CPU has AVX2,
+            // FMA and F16C.
+            AttnKernel::Avx2 => unsafe { x86::run_avx2(s, q, q_stride, kv, sc) },
+        }
+        for r in 0..s.rows {
+            let row = &mut sc.acc[r * s.group * hd..(r + 1) * s.group * hd];
+            for g in 0..s.group {
+                let l = sc.l[r * s.group + g];
+                let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+                row[g * hd..(g + 1) * hd].iter_mut().for_each(|x| *x *= inv);
+            }
+            emit(r, row);
+        }
+    });
+}
+
+/// The inner operations, once per implementation. Every slice length is checked by the
+/// caller (`run`).
+trait Ops {
+    /// Widens `src` (f16 bits) into `dst` (same length).
+    fn widen(src: &[u16], dst: &mut [f32]);
+    /// `out[j] = scale * q · k[j * hd..][..hd]` for `j < out.len()`.
+    fn scores(q: &[f32], k: &[f32], hd: usize, scale: f32, out: &mut [f32]);
+    /// `x[i] = exp(x[i] - m)`, returning the sum.
+    fn exp_sum(x: &mut [f32], m: f32) -> f32;
+    /// `acc = acc * corr + Σ_j p[j] · v[j * hd..][..hd]`.
+    fn mix(acc: &mut [f32], corr: f32, p: &[f32], v: &[f32], hd: usize);
+}
+
+/// The shared algorithm: blocks outermost so that each is widened once for all queries.
+#[inline(always)]
+fn run<'a, O: Ops>(
+    s: &AttnShape,
+    q: &[f32],
+    q_stride: usize,
+    kv: &dyn Fn(usize) -> KvRows<'a>,
+    sc: &mut Scratch,
+) {
+    let hd = s.head_dim;
+    let n_keys = s.pos0 + s.rows;
+    let n_blocks = n_keys.div_ceil(s.block);
+    let mut p = [0f32; 64];
+    for b in 0..n_blocks {
+        let j0 = b * s.block;
+        let jn = s.block.min(n_keys - j0);
+        let (kf, vf): (&[f32], &[f32]) = match kv(b) {
+            KvRows::F32 { k, v } => (&k[..jn * hd], &v[..jn * hd]),
+            KvRows::F16 { k, v } => {
+                O::widen(&k[..jn * hd], &mut sc.kbuf[..jn * hd]);
+                O::widen(&v[..jn * hd], &mut sc.vbuf[..jn * hd]);
+                (&sc.kbuf[..jn * hd], &sc.vbuf[..jn * hd])
+            }
+        };
+        for r in 0..s.rows {
+            let visible = s.pos0 + r + 1;
+            if visible <= j0 {
+                continue;
+            }
+            let cnt = jn.min(visible - j0);
+            for g in 0..s.group {
+                let qi = r * s.group + g;
+                let qv = &q[r * q_stride + g * hd..r * q_stride + (g + 1) * hd];
+                // Blocks longer than the stack buffer are scored in pieces.
+                let mut j = 0;
+                while j < cnt {
+                    let n = (cnt - j).min(p.len());
+                    let pv = &mut p[..n];
+                    O::scores(qv, &kf[j * hd..(j + n) * hd], hd, s.scale, pv);
+                    let mx = pv.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let m_old = sc.m[qi];
+                    let m_new = m_old.max(mx);
+                    let corr = if m_old == f32::NEG_INFINITY {
+                        0.0
+                    } else if m_old == m_new {
+                        1.0
+                    } else {
+                        (m_old - m_new).exp()
+                    };
+                    let sum = O::exp_sum(pv, m_new);
+                    sc.l[qi] = sc.l[qi] * corr + sum;
+                    sc.m[qi] = m_new;
+                    O::mix(
+                        &mut sc.acc[qi * hd..(qi + 1) * hd],
+                        corr,
+                        pv,
+                        &vf[j * hd..(j + n) * hd],
+                        hd,
+                    );
+                    j += n;
+                }
+            }
+        }
+    }
+}
+
+struct ScalarOps;
+
+impl Ops for ScalarOps {
+    fn widen(src: &[u16], dst: &mut [f32]) {
+        for (d, &h) in dst.iter_mut().zip(src) {
+            *d = f16_to_f32(h);
+        }
+    }
+
+    fn scores(q: &[f32], k: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            let kr = &k[j * hd..(j + 1) * hd];
+            *o = q.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
+        }
+    }
+
+    fn exp_sum(x: &mut [f32], m: f32) -> f32 {
+        let mut s = 0.0;
+        for v in x.iter_mut() {
+            *v = (*v - m).exp();
+            s += *v;
+        }
+        s
+    }
+
+    fn mix(acc: &mut [f32], corr: f32, p: &[f32], v: &[f32], hd: usize) {
+        acc.iter_mut().for_each(|a| *a *= corr);
+        for (j, &pj) in p.iter().enumerate() {
+            for (a, &x) in acc.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+                *a += pj * x;
+            }
+        }
+    }
+}
+
+/// The reference: a plain softmax over the full score vector per query, in f64 (for tests).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_naive<'a>(
+    shape: &AttnShape,
+    q: &[f32],
+    q_stride: usize,
+    kv: &dyn Fn(usize) -> KvRows<'a>,
+    out: &mut [f32],
+) {
+    let s = shape;
+    let hd = s.head_dim;
+    let key = |j: usize, is_v: bool| -> Vec<f32> {
+        let (b, o) = (j / s.block, (j % s.block) * hd);
+        match kv(b) {
+            KvRows::F32 { k, v } => (if is_v { v } else { k })[o..o + hd].to_vec(),
+            KvRows::F16 { k, v } => (if is_v { v } else { k })[o..o + hd]
+                .iter()
+                .map(|&h| f16_to_f32(h))
+                .collect(),
+        }
+    };
+    for r in 0..s.rows {
+        let n = s.pos0 + r + 1;
+        for g in 0..s.group {
+            let qv = &q[r * q_stride + g * hd..r * q_stride + (g + 1) * hd];
+            let sc: Vec<f64> = (0..n)
+                .map(|j| {
+                    let k = key(j, false);
+                    qv.iter()
+                        .zip(&k)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        * s.scale as f64
+                })
+                .collect();
+            let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            let o = &mut out[(r * s.group + g) * hd..(r * s.group + g + 1) * hd];
+            let mut acc = vec![0f64; hd];
+            for (j, &w) in e.iter().enumerate() {
+                for (a, x) in acc.iter_mut().zip(key(j, true)) {
+                    *a += w / z * x as f64;
+                }
+            }
+            for (d, a) in o.iter_mut().zip(acc) {
+                *d = a as f32;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{run, AttnShape, KvRows, Ops, Scratch};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn run_avx2<'a>(
+        s: &AttnShape,
+        q: &[f32],
+        q_stride: usize,
+        kv: &dyn Fn(usize) -> KvRows<'a>,
+        sc: &mut Scratch,
+    ) {
+        run::<Avx2Ops>(s, q, q_stride, kv, sc)
+    }
+
+    struct Avx2Ops;
+
+    /// Horizontal sum of 8 lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `exp(x)` on 8 lanes (Cephes' polynomial, relative error ~2e-7; inputs below -88.4
+    /// give exactly 0).
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(x, _mm256_set1_ps(88.376_26));
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-88.376_26));
+        let fx = _mm256_fmadd_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+            _mm256_set1_ps(0.5),
+        );
+        let fx = _mm256_floor_ps(fx);
+        let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+        let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
+        let z = _mm256_mul_ps(x, x);
+        let mut y = _mm256_set1_ps(1.987_569_1e-4);
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.398_199_9e-3));
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.333_452e-3));
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.166_579_6e-2));
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.666_666_5e-1));
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(0.5));
+        y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.0)));
+        let n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
+        // fx ≥ -127 after the clamp, so n ≥ 0; n == 0 yields +0.0, the correct limit.
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(n));
+        _mm256_mul_ps(y, pow2)
+    }
+
+    impl Ops for Avx2Ops {
+        #[inline(always)]
+        fn widen(src: &[u16], dst: &mut [f32]) {
+            let n = src.len().min(dst.len());
+            let mut i = 0;
+            // SAFETY: reads 8 u16 and writes 8 f32 at i with i + 8 <= n; this impl is only
+            // instantiated inside `run_avx2`, which requires F16C.
+            unsafe {
+                while i + 8 <= n {
+                    let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+                    _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+                    i += 8;
+                }
+            }
+            for j in i..n {
+                dst[j] = super::f16_to_f32(src[j]);
+            }
+        }
+
+        #[inline(always)]
+        fn scores(q: &[f32], k: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
+            let n = out.len();
+            assert!(q.len() >= hd && k.len() >= n * hd);
+            let hd8 = hd / 8 * 8;
+            let mut j = 0;
+            // SAFETY: every load is at offset < hd within a row of q or of one of the n rows
+            // of k (checked above); AVX2/FMA are enabled by `run_avx2`.
+            unsafe {
+                let (qp, kp) = (q.as_ptr(), k.as_ptr());
+                // Eight keys at a time: eight accumulators, one transposing reduction.
+                while j + 8 <= n {
+                    let mut a = [_mm256_setzero_ps(); 8];
+                    let mut d = 0;
+                    while d < hd8 {
+                        let qv = _mm256_loadu_ps(qp.add(d));
+                        for (r, acc) in a.iter_mut().enumerate() {
+                            *acc = _mm256_fmadd_ps(
+                                qv,
+                                _mm256_loadu_ps(kp.add((j + r) * hd + d)),
+                                *acc,
+                            );
+                        }
+                        d += 8;
+                    }
+                    let t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                    let t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+                    let lo = _mm256_permute2f128_ps::<0x20>(t0, t1);
+                    let hi = _mm256_permute2f128_ps::<0x31>(t0, t1);
+                    let mut sum = _mm256_add_ps(lo, hi);
+                    if hd8 < hd {
+                        let mut tail = [0f32; 8];
+                        for (r, t) in tail.iter_mut().enumerate() {
+                            *t = (hd8..hd).map(|e| q[e] * k[(j + r) * hd + e]).sum();
+                        }
+                        sum = _mm256_add_ps(sum, _mm256_loadu_ps(tail.as_ptr()));
+                    }
+                    let sv = _mm256_mul_ps(sum, _mm256_set1_ps(scale));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(j), sv);
+                    j += 8;
+                }
+                while j < n {
+                    let mut acc = _mm256_setzero_ps();
+                    let mut d = 0;
+                    while d < hd8 {
+                        acc = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(qp.add(d)),
+                            _mm256_loadu_ps(kp.add(j * hd + d)),
+                            acc,
+                        );
+                        d += 8;
+                    }
+                    let mut s = hsum(acc);
+                    for e in hd8..hd {
+                        s += q[e] * k[j * hd + e];
+                    }
+                    out[j] = s * scale;
+                    j += 1;
+                }
+            }
+        }
+
+        #[inline(always)]
+        fn exp_sum(x: &mut [f32], m: f32) -> f32 {
+            let n = x.len();
+            let mut i = 0;
+            // SAFETY: loads/stores 8 f32 at i with i + 8 <= n; AVX2/FMA enabled by `run_avx2`.
+            unsafe {
+                let mv = _mm256_set1_ps(m);
+                let mut acc = _mm256_setzero_ps();
+                while i + 8 <= n {
+                    let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), mv));
+                    _mm256_storeu_ps(x.as_mut_ptr().add(i), e);
+                    acc = _mm256_add_ps(acc, e);
+                    i += 8;
+                }
+                if i < n {
+                    let mut buf = [f32::NEG_INFINITY; 8];
+                    buf[..n - i].copy_from_slice(&x[i..]);
+                    let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(buf.as_ptr()), mv));
+                    _mm256_storeu_ps(buf.as_mut_ptr(), e);
+                    x[i..].copy_from_slice(&buf[..n - i]);
+                    acc = _mm256_add_ps(acc, e);
+                }
+                hsum(acc)
+            }
+        }
+
+        #[inline(always)]
+        fn mix(acc: &mut [f32], corr: f32, p: &[f32], v: &[f32], hd: usize) {
+            let n = p.len();
+            assert!(acc.len() >= hd && v.len() >= n * hd);
+            let hd8 = hd / 8 * 8;
+            let mut d = 0;
+            // SAFETY: every access is at column < hd of acc or of one of the n rows of v
+            // (checked above); AVX2/FMA enabled by `run_avx2`.
+            unsafe {
+                let (ap, vp) = (acc.as_mut_ptr(), v.as_ptr());
+                let c = _mm256_set1_ps(corr);
+                // 64 columns at a time: eight independent FMA chains.
+                while d + 64 <= hd8 {
+                    let mut a = [_mm256_setzero_ps(); 8];
+                    for (u, x) in a.iter_mut().enumerate() {
+                        *x = _mm256_mul_ps(_mm256_loadu_ps(ap.add(d + 8 * u)), c);
+                    }
+                    for (j, &pj) in p.iter().enumerate() {
+                        let pv = _mm256_set1_ps(pj);
+                        for (u, x) in a.iter_mut().enumerate() {
+                            *x = _mm256_fmadd_ps(
+                                pv,
+                                _mm256_loadu_ps(vp.add(j * hd + d + 8 * u)),
+                                *x,
+                            );
+                        }
+                    }
+                    for (u, x) in a.iter().enumerate() {
+                        _mm256_storeu_ps(ap.add(d + 8 * u), *x);
+                    }
+                    d += 64;
+                }
+                while d < hd8 {
+                    let mut x = _mm256_mul_ps(_mm256_loadu_ps(ap.add(d)), c);
+                    for (j, &pj) in p.iter().enumerate() {
+                        x = _mm256_fmadd_ps(
+                            _mm256_set1_ps(pj),
+                            _mm256_loadu_ps(vp.add(j * hd + d)),
+                            x,
+                        );
+                    }
+                    _mm256_storeu_ps(ap.add(d), x);
+                    d += 8;
+                }
+            }
+            for e in hd8..hd {
+                let mut x = acc[e] * corr;
+                for (j, &pj) in p.iter().enumerate() {
+                    x += pj * v[j * hd + e];
+                }
+                acc[e] = x;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rnd(seed: u32) -> impl FnMut() -> f32 {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 20001) as f32 / 10000.0 - 1.0
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_path_matches_the_naive_softmax(
+            hd in 1usize..80, group in 1usize..5, rows in 1usize..6, pos0 in 0usize..70,
+            block in 1usize..20, f16 in any::<bool>(), big in any::<bool>(), seed in 0u32..10000,
+        ) {
+            let mut r = rnd(seed);
+            // `big` makes scores span a wide range (sharp softmax, underflowing exps).
+            let amp = if big { 8.0 } else { 1.0 };
+            let n_keys = pos0 + rows;
+            let n_blocks = n_keys.div_ceil(block);
+            let kf: Vec<f32> = (0..n_blocks * block * hd).map(|_| r() * amp).collect();
+            let vf: Vec<f32> = (0..n_blocks * block * hd).map(|_| r()).collect();
+            let kh: Vec<u16> = kf.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+            let vh: Vec<u16> = vf.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+            let q_stride = group * hd + 3;
+            let q: Vec<f32> = (0..rows * q_stride).map(|_| r()).collect();
+            let shape = AttnShape { head_dim: hd, group, rows, pos0, block, scale: 1.0 / (hd as f32).sqrt() };
+            let bl = block * hd;
+            let kv = |b: usize| if f16 {
+                KvRows::F16 { k: &kh[b * bl..(b + 1) * bl], v: &vh[b * bl..(b + 1) * bl] }
+            } else {
+                KvRows::F32 { k: &kf[b * bl..(b + 1) * bl], v: &vf[b * bl..(b + 1) * bl] }
+            };
+            let mut want = vec![0f32; rows * group * hd];
+            attend_naive(&shape, &q, q_stride, &kv, &mut want);
+            for kern in AttnKernel::available() {
+                let mut got = vec![f32::NAN; rows * group * hd];
+                let mut seen = vec![false; rows];
+                attend(kern, &shape, &q, q_stride, &kv, &mut |row, o| {
+                    seen[row] = true;
+                    got[row * group * hd..(row + 1) * group * hd].copy_from_slice(o);
+                });
+                prop_assert!(seen.iter().all(|&s| s));
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    prop_assert!((a - b).abs() <= 2e-5 * (1.0 + (hd as f32).sqrt()), "{kern:?} [{i}] {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_key_returns_its_value() {
+        let hd = 16;
+        let k: Vec<f32> = (0..hd).map(|i| i as f32).collect();
+        let v: Vec<f32> = (0..hd).map(|i| 100.0 - i as f32).collect();
+        let q = vec![0.5f32; 2 * hd];
+        let shape = AttnShape {
+            head_dim: hd,
+            group: 2,
+            rows: 1,
+            pos0: 0,
+            block: 1,
+            scale: 1.0,
+        };
+        for kern in AttnKernel::available() {
+            let mut out = vec![0f32; 2 * hd];
+            attend(
+                kern,
+                &shape,
+                &q,
+                2 * hd,
+                &|_| KvRows::F32 { k: &k, v: &v },
+                &mut |_, o| out.copy_from_slice(o),
+            );
+            assert_eq!(&out[..hd], &v[..]);
+            assert_eq!(&out[hd..], &v[..]);
+        }
+    }
+}
