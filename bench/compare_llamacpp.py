@@ -85,7 +85,7 @@ def main():
     ap.add_argument("files", nargs="*")
     ap.add_argument("--mideum", default="target/release/mideum")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--tests", default="tg64@1,tg64@2,pp512@2", help="testN@threads, comma-separated")
+    ap.add_argument("--tests", default="tg64@1,tg64@2,pp512@2", help="testN@threads[:dDEPTH], comma-separated")
     ap.add_argument("--inner-reps", type=int, default=2, help="timed repetitions per process (after one warm-up)")
     ap.add_argument("--worker", nargs="+", metavar="FILE T P N R [DEPTH]")
     a = ap.parse_args()
@@ -96,21 +96,24 @@ def main():
         return
     tests = []
     for spec in a.tests.split(","):
+        # testN@threads, optionally :dDEPTH for generation at a context depth (tg64@1:d4096).
+        spec, _, dspec = spec.partition(":d")
         name, t = spec.split("@")
         p, n = (int(name[2:]), 0) if name.startswith("pp") else (0, int(name[2:]))
-        tests.append((name, int(t), p, n))
+        tests.append((name + (f"@d{dspec}" if dspec else ""), int(t), p, n, int(dspec or 0)))
     res = {}
     for rnd in range(a.reps):
         for f in a.files:
-            for name, t, p, n in tests:
+            for name, t, p, n, d in tests:
                 key = (f, name, t)
                 # Alternate which engine goes first.
                 order = ["mideum", "llama.cpp"] if rnd % 2 == 0 else ["llama.cpp", "mideum"]
                 for eng in order:
                     if eng == "mideum":
-                        rows = run_json([a.mideum, "bench", "-m", f, "-p", str(p), "-n", str(n), "-t", str(t), "-r", str(a.inner_reps), "--json"])
+                        rows = run_json([a.mideum, "bench", "-m", f, "-p", str(p), "-n", str(n), "-t", str(t), "-r", str(a.inner_reps), "--json"]
+                                        + (["-d", str(d), "--depth-fill", "synthetic"] if d else []))
                     else:
-                        rows = run_json([sys.executable, __file__, "--worker", f, str(t), str(p), str(n), str(a.inner_reps)])
+                        rows = run_json([sys.executable, __file__, "--worker", f, str(t), str(p), str(n), str(a.inner_reps), str(d)])
                     res.setdefault(key, {}).setdefault(eng, []).append(rows[0])
                     r0 = rows[0]
                     print(f"round {rnd + 1}/{a.reps} {f.split('/')[-1]} {name} t={t} {eng}: {r0['avg_ts']:.2f} t/s"
