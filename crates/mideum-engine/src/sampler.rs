@@ -205,7 +205,11 @@ impl Sampler {
             self.cand.select_nth_unstable_by(p.top_k - 1, cmp);
             self.cand.truncate(p.top_k);
         }
-        let max = self.cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .cand
+            .iter()
+            .map(|c| c.1)
+            .fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f64;
         for c in self.cand.iter_mut() {
             c.1 = (c.1 - max).exp();
@@ -310,7 +314,9 @@ mod tests {
         let mut st = 12345u64;
         let base: Vec<f32> = (0..5000)
             .map(|_| {
-                st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                st = st
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((st >> 40) as f32 / (1u64 << 24) as f32) * 2.0
             })
             .collect();
