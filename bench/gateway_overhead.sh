@@ -8,6 +8,9 @@
 # Defaults: 10 s at 200 500 1000 2000 5000 req/s. Builds release binaries unless MIDEUM_BIN and
 # OVERHEAD_BIN name them. Everything runs on this machine: generator, stub and gateway share
 # its cores, so the figures include that contention.
+# LITELLM=/path/to/litellm (the `litellm[proxy]` console script from PyPI, e.g. installed with
+# `python3 -m venv V && V/bin/pip install "litellm[proxy]==1.108.7"`) also measures the LiteLLM
+# proxy (LITELLM_WORKERS workers, default 2) in front of the same stub, without PII masking.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -24,7 +27,9 @@ OVERHEAD_BIN="${OVERHEAD_BIN:-$T/release/examples/gateway_overhead}"
 STUB_PORT="${STUB_PORT:-19101}"
 GW_PORT="${GW_PORT:-19102}"
 TMP="$(mktemp -d)"
-cleanup() { kill "$STUB_PID" "$GW_PID" 2>/dev/null || true; rm -rf "$TMP"; }
+LL_PORT="${LL_PORT:-19103}"
+LL_PID=""
+cleanup() { kill "$STUB_PID" "$GW_PID" $LL_PID 2>/dev/null || true; pkill -f "litellm.*--port $LL_PORT" 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 cat > "$TMP/mideum.toml" <<TOML
@@ -40,6 +45,20 @@ TOML
 MIDEUM_LOG=warn "$MIDEUM_BIN" serve --config "$TMP/mideum.toml" --port "$GW_PORT" >"$TMP/gw.log" 2>&1 & GW_PID=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$GW_PORT/ready" >/dev/null 2>&1 && break; sleep 0.1; done
 
+if [ -n "${LITELLM:-}" ]; then
+    cat > "$TMP/litellm.yaml" <<YAML
+model_list:
+  - model_name: m
+    litellm_params:
+      model: openai/m
+      api_base: http://127.0.0.1:$STUB_PORT/v1
+      api_key: none
+YAML
+    "$LITELLM" --config "$TMP/litellm.yaml" --port "$LL_PORT" --num_workers "${LITELLM_WORKERS:-2}" >"$TMP/litellm.log" 2>&1 & LL_PID=$!
+    for _ in $(seq 600); do curl -fs "http://127.0.0.1:$LL_PORT/health/liveliness" >/dev/null 2>&1 && break; sleep 0.2; done
+    "$OVERHEAD_BIN" load "http://127.0.0.1:$LL_PORT/v1/chat/completions" 20 2 >/dev/null
+fi
+
 # Warm both paths (connection pools, page faults).
 "$OVERHEAD_BIN" load "http://127.0.0.1:$STUB_PORT/v1/chat/completions" 200 2 >/dev/null
 "$OVERHEAD_BIN" load "http://127.0.0.1:$GW_PORT/v1/chat/completions" 200 2 >/dev/null
@@ -52,6 +71,15 @@ for r in "${RATES[@]}"; do
     d=$("$OVERHEAD_BIN" load "http://127.0.0.1:$STUB_PORT/v1/chat/completions" "$r" "$SECS")
     g=$("$OVERHEAD_BIN" load "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$r" "$SECS")
     rss=$(awk '/VmRSS/ {printf "%.0f MB", $2/1024}' /proc/$GW_PID/status)
+    if [ -n "$LL_PID" ]; then
+        l=$("$OVERHEAD_BIN" load "http://127.0.0.1:$LL_PORT/v1/chat/completions" "$r" "$SECS")
+        python3 - "$r" "$d" "$l" <<'PY'
+import json, sys
+r, d, l = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(f"litellm {r}: p50/p99 {l['p50_ms']:.2f}/{l['p99_ms']:.2f} ms ({l['achieved_rps']:.0f} rps, err {l['errors']+l['dropped_over_limit']}), "
+      f"added {l['p50_ms']-d['p50_ms']:.2f}/{l['p99_ms']-d['p99_ms']:.2f} ms")
+PY
+    fi
     python3 - "$r" "$d" "$g" "$rss" <<'PY'
 import json, sys
 r, d, g, rss = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
@@ -61,3 +89,7 @@ print(f"{r:<6} | {f(d):<34} | {f(g):<34} | {added:<16} | {rss}")
 PY
 done
 echo "mideum memory at the end: $(grep -E 'VmRSS|VmHWM' /proc/$GW_PID/status | tr -s ' ' | tr '\n' ' ')"
+if [ -n "$LL_PID" ]; then
+    # LiteLLM's workers are child processes: sum their resident memory.
+    echo "litellm memory at the end: $(ps -o rss= --ppid "$LL_PID" -p "$LL_PID" | awk '{s+=$1} END {printf "%.0f MB", s/1024}')"
+fi

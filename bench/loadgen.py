@@ -151,7 +151,10 @@ class Client:
                         usage = ev["usage"]
                     for c in ev.get("choices") or []:
                         piece = (c.get("delta") or {}).get("content") if "delta" in c else c.get("text")
-                        if piece:
+                        # A token event may carry empty text (llama-server sends one event per
+                        # token even when the token renders as nothing, e.g. random weights
+                        # producing control or partial UTF-8 tokens): count the event itself.
+                        if piece is not None and not (piece == "" and c.get("finish_reason")):
                             token_times.append(time.perf_counter())
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             return {"ok": False, "status": status, "error": repr(e)}

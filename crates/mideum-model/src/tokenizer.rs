@@ -23,6 +23,10 @@ pub struct Tokenizer {
     pub unk_token: Option<String>,
     /// Whether encoding "with special tokens" prepends BOS.
     pub adds_bos: bool,
+    /// Tokens known to the tokenizer, added tokens included. Computed once: the `tokenizers`
+    /// crate answers `get_vocab_size(true)` by building a copy of the whole vocabulary map,
+    /// which cost milliseconds on every streamed token when asked per decode.
+    vocab_size: usize,
 }
 
 fn token_string(v: Option<&Value>) -> Option<String> {
@@ -177,7 +181,9 @@ impl Tokenizer {
             .map(|(id, t)| (t.content, id))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let vocab_size = inner.get_vocab_size(true);
         Tokenizer {
+            vocab_size,
             inner,
             plain,
             specials,
@@ -251,7 +257,7 @@ impl Tokenizer {
 
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn bos_id(&self) -> Option<u32> {
