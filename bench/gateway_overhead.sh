@@ -11,6 +11,8 @@
 # LITELLM=/path/to/litellm (the `litellm[proxy]` console script from PyPI, e.g. installed with
 # `python3 -m venv V && V/bin/pip install "litellm[proxy]==1.108.7"`) also measures the LiteLLM
 # proxy (LITELLM_WORKERS workers, default 2) in front of the same stub, without PII masking.
+# Not yet working: on its first try here (2026-11-30) every request to the proxy failed; its log
+# ($TMP/litellm.log, removed on exit) was not examined.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -76,8 +78,11 @@ for r in "${RATES[@]}"; do
         python3 - "$r" "$d" "$l" <<'PY'
 import json, sys
 r, d, l = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-print(f"litellm {r}: p50/p99 {l['p50_ms']:.2f}/{l['p99_ms']:.2f} ms ({l['achieved_rps']:.0f} rps, err {l['errors']+l['dropped_over_limit']}), "
-      f"added {l['p50_ms']-d['p50_ms']:.2f}/{l['p99_ms']-d['p99_ms']:.2f} ms")
+if l.get("p50_ms") is None:
+    print(f"litellm {r}: no successful request ({l})")
+else:
+    print(f"litellm {r}: p50/p99 {l['p50_ms']:.2f}/{l['p99_ms']:.2f} ms ({l['achieved_rps']:.0f} rps, err {l['errors']+l['dropped_over_limit']}), "
+          f"added {l['p50_ms']-d['p50_ms']:.2f}/{l['p99_ms']-d['p99_ms']:.2f} ms")
 PY
     fi
     python3 - "$r" "$d" "$g" "$rss" <<'PY'
