@@ -7,6 +7,7 @@
 //! than the L3 cache, so decode streams the weights from DRAM) and the minimum and median
 //! times are printed with the implied weight bandwidth (decode) or integer op rate (prefill).
 
+use mideum_kernels::packed::{self, Packed};
 use mideum_kernels::quant::QuantType;
 use mideum_kernels::{matmul, matmul_multi, DotKernel, ThreadPool, WeightView};
 use std::time::Instant;
@@ -37,6 +38,13 @@ fn random_weights(qt: QuantType, n: usize, k: usize, seed: u64) -> Vec<u8> {
         }
     }
     w
+}
+
+fn view_of(layout: Option<Packed>, qt: QuantType, w: &[u8]) -> WeightView<'_> {
+    match layout {
+        Some(p) => WeightView::Packed(p, w),
+        None => WeightView::Quant(qt, w),
+    }
 }
 
 fn main() {
@@ -73,6 +81,29 @@ fn main() {
                     .collect()
             })
             .collect();
+        // QBENCH_PACKED=1: repack the weights as the model loader does (where a layout exists).
+        let packed_on = std::env::var("QBENCH_PACKED").is_ok_and(|v| v == "1");
+        let layouts: Vec<Option<Packed>> = shapes
+            .iter()
+            .map(|&(n, k)| Packed::for_weights(qt, n, k).filter(|_| packed_on))
+            .collect();
+        let ws: Vec<Vec<Vec<u8>>> = ws
+            .into_iter()
+            .map(|wl| {
+                wl.into_iter()
+                    .enumerate()
+                    .map(|(i, w)| match layouts[i] {
+                        Some(p) => {
+                            let (n, k) = shapes[i];
+                            let mut out = vec![0u8; p.bytes(n, k)];
+                            packed::pack(p, &w, n, k, &mut out);
+                            out
+                        }
+                        None => w,
+                    })
+                    .collect()
+            })
+            .collect();
         let bytes: usize = ws.iter().flatten().map(|w| w.len()).sum();
         let ops: f64 = layers as f64
             * shapes.iter().map(|&(n, k)| (n * k) as f64).sum::<f64>()
@@ -102,9 +133,9 @@ fn main() {
                         t,
                         h,
                         &mut [
-                            (WeightView::Quant(qt, &wl[0]), qd, &mut oq[..]),
-                            (WeightView::Quant(qt, &wl[1]), kvd, &mut ok[..]),
-                            (WeightView::Quant(qt, &wl[2]), kvd, &mut ov[..]),
+                            (view_of(layouts[0], qt, &wl[0]), qd, &mut oq[..]),
+                            (view_of(layouts[1], qt, &wl[1]), kvd, &mut ok[..]),
+                            (view_of(layouts[2], qt, &wl[2]), kvd, &mut ov[..]),
                         ],
                     );
                 } else {
@@ -114,7 +145,7 @@ fn main() {
                         &xs[0],
                         t,
                         h,
-                        WeightView::Quant(qt, &wl[0]),
+                        view_of(layouts[0], qt, &wl[0]),
                         qd,
                         oq,
                     );
@@ -124,7 +155,7 @@ fn main() {
                         &xs[0],
                         t,
                         h,
-                        WeightView::Quant(qt, &wl[1]),
+                        view_of(layouts[1], qt, &wl[1]),
                         kvd,
                         ok,
                     );
@@ -134,7 +165,7 @@ fn main() {
                         &xs[0],
                         t,
                         h,
-                        WeightView::Quant(qt, &wl[2]),
+                        view_of(layouts[2], qt, &wl[2]),
                         kvd,
                         ov,
                     );
@@ -145,7 +176,7 @@ fn main() {
                     &xs[1],
                     t,
                     qd,
-                    WeightView::Quant(qt, &wl[3]),
+                    view_of(layouts[3], qt, &wl[3]),
                     h,
                     oo,
                 );
@@ -157,8 +188,8 @@ fn main() {
                         t,
                         h,
                         &mut [
-                            (WeightView::Quant(qt, &wl[4]), ff, &mut og[..]),
-                            (WeightView::Quant(qt, &wl[5]), ff, &mut ou[..]),
+                            (view_of(layouts[4], qt, &wl[4]), ff, &mut og[..]),
+                            (view_of(layouts[5], qt, &wl[5]), ff, &mut ou[..]),
                         ],
                     );
                 } else {
@@ -168,7 +199,7 @@ fn main() {
                         &xs[0],
                         t,
                         h,
-                        WeightView::Quant(qt, &wl[4]),
+                        view_of(layouts[4], qt, &wl[4]),
                         ff,
                         og,
                     );
@@ -178,7 +209,7 @@ fn main() {
                         &xs[0],
                         t,
                         h,
-                        WeightView::Quant(qt, &wl[5]),
+                        view_of(layouts[5], qt, &wl[5]),
                         ff,
                         ou,
                     );
@@ -189,7 +220,7 @@ fn main() {
                     &xs[2],
                     t,
                     ff,
-                    WeightView::Quant(qt, &wl[6]),
+                    view_of(layouts[6], qt, &wl[6]),
                     h,
                     od,
                 );

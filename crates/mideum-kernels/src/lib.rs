@@ -9,6 +9,7 @@ pub mod attn;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod par;
 pub mod qdot;
 pub mod quant;

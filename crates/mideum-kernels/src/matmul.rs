@@ -3,6 +3,7 @@
 //! blocks of weight rows so that each weight row is read from memory once for all `t` rows.
 
 use crate::dot::DotKernel;
+use crate::packed::{self, Packed, PackedKernel};
 use crate::par::{DisjointSlice, ThreadPool};
 use crate::qdot::QKernel;
 use crate::quant::{dequantize_row, ActKind, ActQ8, QuantType};
@@ -17,14 +18,22 @@ pub enum WeightView<'a> {
     F16(&'a [u16]),
     /// GGML blocks of `QuantType`, rows stored one after another.
     Quant(QuantType, &'a [u8]),
+    /// GGML blocks repacked into a SIMD-friendly layout (see [`crate::packed`]).
+    Packed(Packed, &'a [u8]),
 }
 
 impl WeightView<'_> {
+    /// Whether the weights are block-quantized (GGUF rows or a repacked layout).
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, WeightView::Quant(..) | WeightView::Packed(..))
+    }
+
     pub fn len(&self) -> usize {
         match self {
             WeightView::F32(w) => w.len(),
             WeightView::BF16(w) | WeightView::F16(w) => w.len(),
             WeightView::Quant(qt, b) => b.len() / qt.block_bytes() * qt.block_elems(),
+            WeightView::Packed(p, b) => p.elems(b.len()),
         }
     }
 
@@ -43,6 +52,7 @@ impl WeightView<'_> {
                 let rb = qt.row_bytes(k);
                 dequantize_row(*qt, &b[r * rb..(r + 1) * rb], out)
             }
+            WeightView::Packed(p, b) => packed::dequantize_row(*p, b, k, r, out),
         }
     }
 }
@@ -68,8 +78,9 @@ pub fn matmul(
     if t == 0 || n == 0 {
         return;
     }
-    if let WeightView::Quant(qt, wb) = w {
-        return matmul_quant(pool, kern, x, t, k, qt, wb, n, out);
+    if matches!(w, WeightView::Quant(..) | WeightView::Packed(..)) {
+        let mut mats = [(w, n, out)];
+        return matmul_multi(pool, kern, x, t, k, &mut mats);
     }
     let per_task = (n / (pool.n_threads() * 8)).clamp(1, 256);
     let n_tasks = n.div_ceil(per_task);
@@ -139,6 +150,15 @@ fn best_qkernel(kern: DotKernel) -> QKernel {
     }
 }
 
+fn best_pkernel(kern: DotKernel) -> PackedKernel {
+    static BEST: OnceLock<PackedKernel> = OnceLock::new();
+    if kern == DotKernel::Scalar {
+        PackedKernel::Scalar
+    } else {
+        *BEST.get_or_init(PackedKernel::detect)
+    }
+}
+
 /// Activation rows per tile in the many-rows (prefill) path: a tile of int8 rows stays in L2
 /// while every weight row of a task is streamed past it.
 const T_TILE: usize = 32;
@@ -149,6 +169,8 @@ pub const MAX_MULTI: usize = 8;
 /// One quantized product of a multi-matrix dispatch.
 struct QJob<'a> {
     qt: QuantType,
+    /// The repacked layout of `w`, if it is not in GGUF row order.
+    packed: Option<Packed>,
     w: &'a [u8],
     n: usize,
     out: DisjointSlice<'a, f32>,
@@ -156,24 +178,6 @@ struct QJob<'a> {
     per_task: usize,
     /// First global task index of this job.
     task0: usize,
-}
-
-/// `out = x · Wᵀ` over block-quantized weights: the activations are quantized to 8 bits once,
-/// then each weight row is dotted with every activation row while it is in L1.
-#[allow(clippy::too_many_arguments)]
-fn matmul_quant(
-    pool: &ThreadPool,
-    kern: DotKernel,
-    x: &[f32],
-    t: usize,
-    k: usize,
-    qt: QuantType,
-    wb: &[u8],
-    n: usize,
-    out: &mut [f32],
-) {
-    let mut mats = [(WeightView::Quant(qt, wb), n, out)];
-    matmul_multi(pool, kern, x, t, k, &mut mats);
 }
 
 /// Several products that share one input: `mats[m].2 = x · W_mᵀ` for every `(W_m, n_m, out_m)`.
@@ -196,7 +200,7 @@ pub fn matmul_multi(
     assert_eq!(x.len(), t * k, "activation shape");
     let need = check_multi(k, mats);
     for (w, n, out) in mats.iter_mut() {
-        if !matches!(w, WeightView::Quant(..)) {
+        if !w.is_quantized() {
             matmul(pool, kern, x, t, k, *w, *n, out);
         }
     }
@@ -207,10 +211,18 @@ pub fn matmul_multi(
         let mut acts = cell.borrow_mut();
         for (slot, kind) in [(0, ActKind::B32), (1, ActKind::K256)] {
             if need[slot] {
-                acts[slot].quantize(x, t, k, kind);
+                acts[slot].quantize_par(pool, x, None, t, k, kind);
             }
         }
-        dispatch_quant(pool, best_qkernel(kern), &acts, t, k, mats);
+        dispatch_quant(
+            pool,
+            best_qkernel(kern),
+            best_pkernel(kern),
+            &acts,
+            t,
+            k,
+            mats,
+        );
     });
 }
 
@@ -231,10 +243,7 @@ pub fn matmul_multi_rmsnorm(
     assert_eq!(x.len(), t * k, "activation shape");
     assert_eq!(norm.len(), k, "norm weight shape");
     let need = check_multi(k, mats);
-    if mats
-        .iter()
-        .any(|(w, _, _)| !matches!(w, WeightView::Quant(..)))
-    {
+    if mats.iter().any(|(w, _, _)| !w.is_quantized()) {
         NORMED.with(|cell| {
             let mut normed = cell.borrow_mut();
             normed.resize(t * k, 0.0);
@@ -257,10 +266,18 @@ pub fn matmul_multi_rmsnorm(
         let mut acts = cell.borrow_mut();
         for (slot, kind) in [(0, ActKind::B32), (1, ActKind::K256)] {
             if need[slot] {
-                acts[slot].quantize_rmsnorm(x, norm, eps, t, k, kind);
+                acts[slot].quantize_par(pool, x, Some((norm, eps)), t, k, kind);
             }
         }
-        dispatch_quant(pool, best_qkernel(kern), &acts, t, k, mats);
+        dispatch_quant(
+            pool,
+            best_qkernel(kern),
+            best_pkernel(kern),
+            &acts,
+            t,
+            k,
+            mats,
+        );
     });
 }
 
@@ -271,7 +288,12 @@ fn check_multi(k: usize, mats: &[(WeightView<'_>, usize, &mut [f32])]) -> [bool;
     for (w, n, out) in mats {
         assert_eq!(w.len(), *n * k, "weight shape");
         assert_eq!(out.len() % n.max(&1), 0, "output shape");
-        if let WeightView::Quant(qt, _) = w {
+        let qt = match w {
+            WeightView::Quant(qt, _) => Some(*qt),
+            WeightView::Packed(p, _) => Some(p.source()),
+            _ => None,
+        };
+        if let Some(qt) = qt {
             assert!(
                 qt.fits(k),
                 "row length {k} is not a multiple of {}",
@@ -287,6 +309,7 @@ fn check_multi(k: usize, mats: &[(WeightView<'_>, usize, &mut [f32])]) -> [bool;
 fn dispatch_quant(
     pool: &ThreadPool,
     qk: QKernel,
+    pk: PackedKernel,
     acts: &[ActQ8; 2],
     t: usize,
     k: usize,
@@ -295,22 +318,27 @@ fn dispatch_quant(
     let mut jobs: [Option<QJob<'_>>; MAX_MULTI] = Default::default();
     let mut n_tasks = 0;
     for (slot, (w, n, out)) in jobs.iter_mut().zip(mats.iter_mut()) {
-        let WeightView::Quant(qt, wb) = *w else {
-            continue;
+        let (qt, packed, wb) = match *w {
+            WeightView::Quant(qt, wb) => (qt, None, wb),
+            WeightView::Packed(p, wb) => (p.source(), Some(p), wb),
+            _ => continue,
         };
         assert_eq!(out.len(), t * *n, "output shape");
         if *n == 0 {
             continue;
         }
-        let per_task = if t == 1 {
-            (*n / (pool.n_threads() * 8)).clamp(1, 256)
-        } else {
-            16
+        let per_task = match (packed.is_some(), t == 1) {
+            // Whole groups of packed rows per task.
+            (true, true) => (*n / (pool.n_threads() * 8)).clamp(8, 256) / 8 * 8,
+            (true, false) => 16,
+            (false, true) => (*n / (pool.n_threads() * 8)).clamp(1, 256),
+            (false, false) => 16,
         };
         let task0 = n_tasks;
         n_tasks += n.div_ceil(per_task);
         *slot = Some(QJob {
             qt,
+            packed,
             w: wb,
             n: *n,
             out: DisjointSlice::new(out),
@@ -327,8 +355,73 @@ fn dispatch_quant(
         let act = &acts[kind_slot(job.qt.act_kind())];
         let j0 = (task - job.task0) * job.per_task;
         let j1 = (j0 + job.per_task).min(job.n);
-        run_rows(qk, job, act, k, t, j0, j1);
+        match job.packed {
+            Some(p) => run_packed(pk, p, job, act, k, t, j0, j1),
+            None => run_rows(qk, job, act, k, t, j0, j1),
+        }
     });
+}
+
+/// Activation rows per packed micro-kernel call in the many-rows path.
+const PACKED_RA: usize = 4;
+
+/// Rows `j0..j1` (whole groups) of a packed job against all `t` activation rows: tiles of
+/// [`T_TILE`] activation rows stay in L2 while the task's groups pass, [`PACKED_RA`] rows per
+/// kernel call.
+#[allow(clippy::too_many_arguments)]
+fn run_packed(
+    pk: PackedKernel,
+    layout: Packed,
+    job: &QJob<'_>,
+    act: &ActQ8,
+    k: usize,
+    t: usize,
+    j0: usize,
+    j1: usize,
+) {
+    let kind = job.qt.act_kind();
+    let gb = layout.group_bytes(k);
+    let n = job.n;
+    let dst = &job.out;
+    let put = |tt: usize, j: usize, v: &[f32; packed::ROWS]| {
+        let at = tt * n + j;
+        // SAFETY: the calling task owns columns j0..j1 of every output row, and j..j + 8 lies
+        // inside them (tasks cover whole groups).
+        let o = unsafe { dst.range(at, at + packed::ROWS) };
+        o.copy_from_slice(v);
+    };
+    let grp = |j: usize| &job.w[j / packed::ROWS * gb..(j / packed::ROWS + 1) * gb];
+    if t == 1 {
+        let a = [act.row(0, kind)];
+        for j in (j0..j1).step_by(packed::ROWS) {
+            put(0, j, &pk.group::<1>(layout, grp(j), &a)[0]);
+        }
+        return;
+    }
+    for t0 in (0..t).step_by(T_TILE) {
+        let t1 = (t0 + T_TILE).min(t);
+        for j in (j0..j1).step_by(packed::ROWS) {
+            let g = grp(j);
+            let mut tt = t0;
+            while tt + PACKED_RA <= t1 {
+                let a: [_; PACKED_RA] = std::array::from_fn(|r| act.row(tt + r, kind));
+                for (r, v) in pk.group::<PACKED_RA>(layout, g, &a).iter().enumerate() {
+                    put(tt + r, j, v);
+                }
+                tt += PACKED_RA;
+            }
+            if tt + 2 <= t1 {
+                let a = [act.row(tt, kind), act.row(tt + 1, kind)];
+                for (r, v) in pk.group::<2>(layout, g, &a).iter().enumerate() {
+                    put(tt + r, j, v);
+                }
+                tt += 2;
+            }
+            if tt < t1 {
+                put(tt, j, &pk.group::<1>(layout, g, &[act.row(tt, kind)])[0]);
+            }
+        }
+    }
 }
 
 /// Weight rows side by side in the decode (one activation row) micro-kernel.
@@ -553,6 +646,49 @@ mod tests {
                 }
                 for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
                     prop_assert!(g.to_bits() == w.to_bits(), "{:?} {:?}: {} vs {}", qt, kern, g, w);
+                }
+            }
+        }
+
+        /// Repacked Q4_K/Q6_K weights give the products of the GGUF rows (up to float summation
+        /// order), the same values from every kernel, and the same dequantized rows.
+        #[test]
+        fn packed_matmul_matches_rows(q6 in any::<bool>(), groups in 1usize..5, nb in 1usize..4, t in 1usize..12, seed in 0u32..1000) {
+            let qt = if q6 { QuantType::Q6K } else { QuantType::Q4K };
+            let (n, k) = (groups * packed::ROWS, nb * 256);
+            let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+            let mut rnd = || { s ^= s << 13; s ^= s >> 17; s ^= s << 5; (s % 2001) as f32 / 1000.0 - 1.0 };
+            let x: Vec<f32> = (0..t * k).map(|_| rnd()).collect();
+            let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let rb = qt.row_bytes(k);
+            let mut wq = vec![0u8; n * rb];
+            for j in 0..n {
+                crate::quant::quantize_row(qt, &wf[j * k..(j + 1) * k], &mut wq[j * rb..(j + 1) * rb]);
+            }
+            let layout = Packed::for_weights(qt, n, k).expect("packable");
+            let mut wp = vec![0u8; layout.bytes(n, k)];
+            packed::pack(layout, &wq, n, k, &mut wp);
+            let (rows, pk) = (WeightView::Quant(qt, &wq), WeightView::Packed(layout, &wp));
+            prop_assert_eq!(pk.len(), n * k);
+            let (mut ra, mut rp) = (vec![0f32; k], vec![0f32; k]);
+            for j in 0..n {
+                rows.row_f32(j, k, &mut ra);
+                pk.row_f32(j, k, &mut rp);
+                prop_assert!(ra.iter().zip(&rp).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+            let pool = ThreadPool::new(2);
+            let mut first: Option<Vec<f32>> = None;
+            for kern in DotKernel::available() {
+                let mut want = vec![0f32; t * n];
+                matmul(&pool, kern, &x, t, k, rows, n, &mut want);
+                let mut got = vec![f32::NAN; t * n];
+                matmul(&pool, kern, &x, t, k, pk, n, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    prop_assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{:?}: {} vs {}", kern, g, w);
+                }
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => prop_assert!(f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{:?} differs from scalar", kern),
                 }
             }
         }

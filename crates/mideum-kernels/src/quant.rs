@@ -432,6 +432,9 @@ fn quantize_q6k(x: &[f32], blk: &mut [u8]) {
     wr_f16(blk, 208, d);
 }
 
+/// Packed pair sums per K256 activation block (see [`ActQ8::pairs`]).
+pub const PAIRS_PER_BLOCK: usize = 12;
+
 /// Which block structure activations are quantized to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActKind {
@@ -459,6 +462,10 @@ pub struct ActQ8 {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub sums: Vec<i32>,
+    /// K256 only, [`PAIRS_PER_BLOCK`] per block: the per-16 sums of sub-blocks `2p` and
+    /// `2p + 1` packed as two i16 in one i32 (`p < 8`), then the per-32 sums of `2p` and `2p + 1`
+    /// (`p < 4`) likewise, ready to broadcast as `vpmaddwd` operands (|sum| ≤ 32 · 127 fits i16).
+    pub pairs: Vec<i32>,
     pub rows: usize,
     pub k: usize,
 }
@@ -468,10 +475,7 @@ impl ActQ8 {
     pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize, kind: ActKind) {
         assert_eq!(x.len(), rows * k, "activation shape");
         self.prepare(rows, k, kind);
-        let be = kind.block_elems();
-        for b in 0..rows * k / be {
-            self.put_block(b, &x[b * be..(b + 1) * be], kind);
-        }
+        quantize_rows(x, None, 0.0, k, kind, self.rows_mut());
     }
 
     /// Quantizes the RMS-normalised rows `rmsnorm(x_r, weight, eps)` without writing them out
@@ -489,91 +493,75 @@ impl ActQ8 {
         assert_eq!(x.len(), rows * k, "activation shape");
         assert_eq!(weight.len(), k, "norm weight shape");
         self.prepare(rows, k, kind);
-        let be = kind.block_elems();
-        let mut buf = [0f32; QK_K];
-        for r in 0..rows {
-            let xr = &x[r * k..(r + 1) * k];
-            let inv = crate::ops::rms_inv(xr, eps);
-            for c in 0..k / be {
-                let nb = &mut buf[..be];
-                for ((o, &v), &w) in nb
-                    .iter_mut()
-                    .zip(&xr[c * be..(c + 1) * be])
-                    .zip(&weight[c * be..(c + 1) * be])
-                {
-                    *o = w * (v * inv);
+        quantize_rows(x, Some(weight), eps, k, kind, self.rows_mut());
+    }
+
+    /// [`ActQ8::quantize`] (`norm == None`) or [`ActQ8::quantize_rmsnorm`] (`norm` = weight
+    /// and epsilon) with the rows spread over `pool`; the same result bit for bit, since rows
+    /// are independent.
+    pub fn quantize_par(
+        &mut self,
+        pool: &crate::par::ThreadPool,
+        x: &[f32],
+        norm: Option<(&[f32], f32)>,
+        rows: usize,
+        k: usize,
+        kind: ActKind,
+    ) {
+        assert_eq!(x.len(), rows * k, "activation shape");
+        if let Some((w, _)) = norm {
+            assert_eq!(w.len(), k, "norm weight shape");
+        }
+        self.prepare(rows, k, kind);
+        let (weight, eps) = match norm {
+            Some((w, e)) => (Some(w), e),
+            None => (None, 0.0),
+        };
+        if rows < 2 || pool.n_threads() < 2 {
+            return quantize_rows(x, weight, eps, k, kind, self.rows_mut());
+        }
+        let per = ActLayout::new(k, kind);
+        let chunk = rows.div_ceil(pool.n_threads() * 2).max(1);
+        let qs = crate::par::DisjointSlice::new(&mut self.qs);
+        let d = crate::par::DisjointSlice::new(&mut self.d);
+        let sums = crate::par::DisjointSlice::new(&mut self.sums);
+        let pairs = crate::par::DisjointSlice::new(&mut self.pairs);
+        pool.for_each(rows.div_ceil(chunk), &|task| {
+            let (r0, r1) = (task * chunk, ((task + 1) * chunk).min(rows));
+            // SAFETY: task `task` owns rows r0..r1 of every buffer; tasks never overlap.
+            let out = unsafe {
+                ActRowsMut {
+                    qs: qs.range(r0 * k, r1 * k),
+                    d: d.range(r0 * per.d, r1 * per.d),
+                    sums: sums.range(r0 * per.sums, r1 * per.sums),
+                    pairs: pairs.range(r0 * per.pairs, r1 * per.pairs),
                 }
-                self.put_block(r * (k / be) + c, nb, kind);
-            }
+            };
+            quantize_rows(&x[r0 * k..r1 * k], weight, eps, k, kind, out);
+        });
+    }
+
+    fn rows_mut(&mut self) -> ActRowsMut<'_> {
+        ActRowsMut {
+            qs: &mut self.qs,
+            d: &mut self.d,
+            sums: &mut self.sums,
+            pairs: &mut self.pairs,
         }
     }
 
     fn prepare(&mut self, rows: usize, k: usize, kind: ActKind) {
-        let be = kind.block_elems();
-        assert!(k.is_multiple_of(be), "activation row not a block multiple");
-        let nb = rows * k / be;
-        self.qs.resize(rows * k, 0);
-        self.d.resize(nb, 0.0);
-        self.sums.resize(
-            match kind {
-                ActKind::B32 => nb,
-                ActKind::K256 => nb * 16,
-            },
-            0,
+        assert!(
+            k.is_multiple_of(kind.block_elems()),
+            "activation row not a block multiple"
         );
+        let per = ActLayout::new(k, kind);
+        self.qs.resize(rows * k, 0);
+        self.d.resize(rows * per.d, 0.0);
+        self.sums.resize(rows * per.sums, 0);
+        self.pairs.resize(rows * per.pairs, 0);
         self.rows = rows;
         self.k = k;
-    }
-
-    /// Quantizes block `b` (counted over all rows) from the floats `xb`, with the arithmetic
-    /// of llama.cpp's x86 builds, so that both engines feed the same integers to the dot
-    /// products:
-    /// - B32 (its `quantize_row_q8_0`, AVX2 path): `d = amax/127` stored as f16, values
-    ///   `x·(127/amax)` rounded to nearest, ties to even;
-    /// - K256 (its `quantize_row_q8_K_ref`): the element of largest magnitude `max` (signed)
-    ///   maps to exactly −127, `q = min(127, round_ties_even(x·(−127/max)))`, `d = −max/127`
-    ///   as f32 (so `d` is negative when `max` is positive).
-    #[inline]
-    fn put_block(&mut self, b: usize, xb: &[f32], kind: ActKind) {
-        let be = xb.len();
-        let qb = &mut self.qs[b * be..(b + 1) * be];
-        match kind {
-            ActKind::B32 => {
-                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-                self.d[b] = f16::from_f32(amax / 127.0).to_f32();
-                for (q, &v) in qb.iter_mut().zip(xb) {
-                    *q = ((v * id).round_ties_even() as i32).clamp(-127, 127) as i8;
-                }
-            }
-            ActKind::K256 => {
-                let (mut max, mut amax) = (0f32, 0f32);
-                for &v in xb {
-                    if v.abs() > amax {
-                        amax = v.abs();
-                        max = v;
-                    }
-                }
-                if amax == 0.0 {
-                    qb.iter_mut().for_each(|q| *q = 0);
-                    self.d[b] = 0.0;
-                } else {
-                    let iscale = -127.0 / max;
-                    for (q, &v) in qb.iter_mut().zip(xb) {
-                        *q = ((iscale * v).round_ties_even() as i32).clamp(-127, 127) as i8;
-                    }
-                    self.d[b] = 1.0 / iscale;
-                }
-            }
-        }
-        match kind {
-            ActKind::B32 => self.sums[b] = qb.iter().map(|&q| q as i32).sum(),
-            ActKind::K256 => {
-                for g in 0..16 {
-                    self.sums[b * 16 + g] = qb[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
-                }
-            }
-        }
     }
 
     /// Row `r`'s quantized values, scales and sums.
@@ -583,10 +571,161 @@ impl ActQ8 {
             ActKind::B32 => (k / 32, k / 32),
             ActKind::K256 => (k / QK_K, k / 16),
         };
+        let np = match kind {
+            ActKind::B32 => 0,
+            ActKind::K256 => k / QK_K * PAIRS_PER_BLOCK,
+        };
         ActRow {
             qs: &self.qs[r * k..(r + 1) * k],
             d: &self.d[r * nd..(r + 1) * nd],
             sums: &self.sums[r * ns..(r + 1) * ns],
+            pairs: &self.pairs[r * np..(r + 1) * np],
+        }
+    }
+}
+
+/// Scales and sums per activation row of `k` elements.
+struct ActLayout {
+    d: usize,
+    sums: usize,
+    pairs: usize,
+}
+
+impl ActLayout {
+    fn new(k: usize, kind: ActKind) -> ActLayout {
+        match kind {
+            ActKind::B32 => ActLayout {
+                d: k / QK8_0,
+                sums: k / QK8_0,
+                pairs: 0,
+            },
+            ActKind::K256 => ActLayout {
+                d: k / QK_K,
+                sums: k / 16,
+                pairs: k / QK_K * PAIRS_PER_BLOCK,
+            },
+        }
+    }
+}
+
+/// The output buffers of a run of whole activation rows.
+struct ActRowsMut<'a> {
+    qs: &'a mut [i8],
+    d: &'a mut [f32],
+    sums: &'a mut [i32],
+    pairs: &'a mut [i32],
+}
+
+/// Quantizes the rows `x` (each `k` long, RMS-normalised first when `norm` is given) into
+/// `out`, block by block.
+fn quantize_rows(
+    x: &[f32],
+    norm: Option<&[f32]>,
+    eps: f32,
+    k: usize,
+    kind: ActKind,
+    out: ActRowsMut<'_>,
+) {
+    let be = kind.block_elems();
+    let (ns, np) = match kind {
+        ActKind::B32 => (1, 0),
+        ActKind::K256 => (16, PAIRS_PER_BLOCK),
+    };
+    let mut buf = [0f32; QK_K];
+    for (r, xr) in x.chunks_exact(k).enumerate() {
+        let inv = norm.map(|_| crate::ops::rms_inv(xr, eps));
+        for c in 0..k / be {
+            let mut xb = &xr[c * be..(c + 1) * be];
+            if let (Some(w), Some(inv)) = (norm, inv) {
+                let nb = &mut buf[..be];
+                for ((o, &v), &w) in nb.iter_mut().zip(xb).zip(&w[c * be..(c + 1) * be]) {
+                    *o = w * (v * inv);
+                }
+                xb = &buf[..be];
+            }
+            let b = r * (k / be) + c;
+            put_block(
+                xb,
+                kind,
+                &mut out.qs[b * be..(b + 1) * be],
+                &mut out.d[b],
+                &mut out.sums[b * ns..(b + 1) * ns],
+                &mut out.pairs[b * np..(b + 1) * np],
+            );
+        }
+    }
+}
+
+/// Round to nearest, ties to even, for |x| < 2²²: adding and subtracting 1.5·2²³ leaves the
+/// integer part under the default rounding mode. Equal to `f32::round_ties_even` there, but
+/// inlined and vectorisable (the std function is a `rintf` call without SSE4.1 at compile
+/// time).
+#[inline(always)]
+fn round_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
+/// Quantizes one block from the floats `xb`, with the arithmetic of llama.cpp's x86 builds, so
+/// that both engines feed the same integers to the dot products:
+/// - B32 (its `quantize_row_q8_0`, AVX2 path): `d = amax/127` stored as f16, values
+///   `x·(127/amax)` rounded to nearest, ties to even;
+/// - K256 (its `quantize_row_q8_K_ref`): the element of largest magnitude `max` (signed)
+///   maps to exactly −127, `q = min(127, round_ties_even(x·(−127/max)))`, `d = −max/127`
+///   as f32 (so `d` is negative when `max` is positive).
+///
+/// The scaled values lie in [−127, 127] for finite inputs, where the small-range rounding is
+/// exact; non-finite inputs end up clamped as before.
+#[inline]
+fn put_block(
+    xb: &[f32],
+    kind: ActKind,
+    qb: &mut [i8],
+    d: &mut f32,
+    sums: &mut [i32],
+    pairs: &mut [i32],
+) {
+    match kind {
+        ActKind::B32 => {
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            *d = f16::from_f32(amax / 127.0).to_f32();
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                *q = (round_even_small(v * id) as i32).clamp(-127, 127) as i8;
+            }
+            sums[0] = qb.iter().map(|&q| q as i32).sum();
+        }
+        ActKind::K256 => {
+            let (mut max, mut amax) = (0f32, 0f32);
+            for &v in xb {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            if amax == 0.0 {
+                qb.iter_mut().for_each(|q| *q = 0);
+                *d = 0.0;
+            } else {
+                let iscale = -127.0 / max;
+                for (q, &v) in qb.iter_mut().zip(xb) {
+                    *q = (round_even_small(iscale * v) as i32).clamp(-127, 127) as i8;
+                }
+                *d = 1.0 / iscale;
+            }
+            for (g, s) in sums.iter_mut().enumerate() {
+                *s = qb[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
+            }
+            let pack = |lo: i32, hi: i32| (lo & 0xFFFF) | (hi << 16);
+            for p in 0..8 {
+                pairs[p] = pack(sums[2 * p], sums[2 * p + 1]);
+            }
+            for p in 0..4 {
+                pairs[8 + p] = pack(
+                    sums[4 * p] + sums[4 * p + 1],
+                    sums[4 * p + 2] + sums[4 * p + 3],
+                );
+            }
         }
     }
 }
@@ -597,12 +736,60 @@ pub struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub sums: &'a [i32],
+    /// K256 only: see [`ActQ8::pairs`].
+    pub pairs: &'a [i32],
 }
 
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
+
+    /// The inlined rounding equals `round_ties_even` on the range the quantizer uses,
+    /// ties included.
+    #[test]
+    fn small_range_rounding_is_ties_to_even() {
+        let mut v: Vec<f32> = (-1300..=1300).map(|i| i as f32 / 10.0).collect();
+        v.extend((-260..=260).map(|i| i as f32 / 2.0));
+        v.extend([
+            126.999_99,
+            -126.999_99,
+            0.499_999_97,
+            -0.499_999_97,
+            1e-30,
+            -0.0,
+        ]);
+        for x in v {
+            assert_eq!(round_even_small(x), x.round_ties_even(), "{x}");
+        }
+    }
+
+    /// The parallel quantizer writes exactly what the sequential one does.
+    #[test]
+    fn parallel_quantization_equals_sequential() {
+        let pool = crate::par::ThreadPool::new(3);
+        for kind in [ActKind::B32, ActKind::K256] {
+            for rows in [1usize, 2, 5, 13] {
+                let k = 512;
+                let x: Vec<f32> = (0..rows * k)
+                    .map(|i| ((i * 7919) % 2001) as f32 / 97.0 - 10.0)
+                    .collect();
+                let w: Vec<f32> = (0..k).map(|i| 0.5 + (i % 7) as f32 / 10.0).collect();
+                let (mut a, mut b) = (ActQ8::default(), ActQ8::default());
+                a.quantize_rmsnorm(&x, &w, 1e-5, rows, k, kind);
+                b.quantize_par(&pool, &x, Some((&w, 1e-5)), rows, k, kind);
+                assert_eq!((&a.qs, &a.sums, &a.pairs), (&b.qs, &b.sums, &b.pairs));
+                assert!(a
+                    .d
+                    .iter()
+                    .zip(&b.d)
+                    .all(|(p, q)| p.to_bits() == q.to_bits()));
+                a.quantize(&x, rows, k, kind);
+                b.quantize_par(&pool, &x, None, rows, k, kind);
+                assert_eq!((&a.qs, &a.sums, &a.pairs), (&b.qs, &b.sums, &b.pairs));
+            }
+        }
+    }
 
     fn rnd_vec(seed: u32, n: usize, scale: f32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);

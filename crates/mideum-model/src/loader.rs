@@ -84,6 +84,7 @@ impl LoadedModel {
         let mut tensors = crate::safetensors::load_dir(dir)?;
         if let Some(q) = opts.quant {
             crate::tensor::quantize_all(&mut tensors, q, threads(opts.threads))?;
+            crate::tensor::move_to_arena(&mut tensors, crate::tensor::repack_enabled())?;
         }
         let mut model = Llama::new(
             config,
@@ -131,8 +132,9 @@ impl LoadedModel {
         if let Some(q) = opts.quant {
             crate::tensor::quantize_all(&mut tensors, q, threads(opts.threads))?;
         }
-        if std::env::var("MIDEUM_HUGEPAGES").is_ok_and(|v| v == "1") {
-            crate::tensor::move_to_hugepages(&mut tensors)?;
+        let repack = crate::tensor::repack_enabled();
+        if repack || std::env::var("MIDEUM_HUGEPAGES").is_ok_and(|v| v == "1") {
+            crate::tensor::move_to_arena(&mut tensors, repack)?;
         }
         let mut model = Llama::new(config, tensors, NameScheme::Gguf, threads(opts.threads))?;
         model.set_kv_type(opts.kv_type);

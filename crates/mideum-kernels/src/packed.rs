@@ -1,0 +1,789 @@
+//! Weights repacked at load time into the layout the SIMD kernels want: eight rows of a
+//! K-quant matrix interleaved, so that one 32-byte load holds four consecutive elements of each
+//! of the eight rows and one `vpmaddubsw` against a broadcast group of four activation bytes
+//! yields partial sums for all eight rows at once.
+//!
+//! Compared with the row-by-row GGUF layout this removes, per 256 weights and activation row,
+//! the per-row horizontal sums and most of the scale handling: the products of the 32 elements
+//! of a sub-block (eight `vpmaddubsw`) are added as 16-bit integers (|sum| ≤ 8 · 2 · 15 · 127 =
+//! 30,480 fits i16), and only then multiplied by the eight rows' sub-block scales with one
+//! `vpmaddwd`. The eight results are the eight rows' outputs, stored with one vector store.
+//!
+//! Layout of [`Packed::Q4Kx8`] (`n` a multiple of 8, `k` of 256): groups of 8 rows one after
+//! another; inside a group the super-blocks of 256 elements in order, each [`Q4KX8_BYTES`]
+//! bytes:
+//!
+//! | bytes | content |
+//! |---|---|
+//! | 0..16 | `d` of rows 0..8 (f16) |
+//! | 16..32 | `dmin` of rows 0..8 (f16) |
+//! | 32..96 | scales: byte `8·j + i` = 6-bit scale of sub-block `j` in row `i` |
+//! | 96..160 | mins: byte `16·p + 2·i + h` = min of sub-block `2p + h` in row `i` |
+//! | 160..1184 | nibbles: for chunk `c` (64 elements) and group `e` (0..8), 32 bytes: for row `i`, the 4 bytes `qs[32c + 4e .. 32c + 4e + 4]` of that row's GGUF block (low nibbles: elements `64c + 4e ..`, high nibbles: `64c + 32 + 4e ..`) |
+//!
+//! The values are exactly those of the GGUF blocks (nothing is re-quantized), so unpacking
+//! restores the original bytes and dequantization is unchanged.
+
+use crate::quant::{pack_scale_min_k4, scale_min_k4, ActRow, QuantType, PAIRS_PER_BLOCK, QK_K};
+use half::f16;
+
+/// Rows interleaved per group.
+pub const ROWS: usize = 8;
+
+/// Bytes of one group super-block of [`Packed::Q4Kx8`].
+pub const Q4KX8_BYTES: usize = 1184;
+
+/// Bytes of one group super-block of [`Packed::Q6Kx8`] (eight GGUF blocks' worth).
+pub const Q6KX8_BYTES: usize = 1680;
+
+/// A repacked weight layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Packed {
+    /// Q4_K, eight rows interleaved (see the module documentation).
+    Q4Kx8,
+    /// Q6_K, eight rows interleaved (see the module documentation).
+    Q6Kx8,
+}
+
+impl Packed {
+    /// The GGUF type the layout holds.
+    pub fn source(self) -> QuantType {
+        match self {
+            Packed::Q4Kx8 => QuantType::Q4K,
+            Packed::Q6Kx8 => QuantType::Q6K,
+        }
+    }
+
+    /// Bytes of one super-block of a group (eight rows × 256 elements).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Packed::Q4Kx8 => Q4KX8_BYTES,
+            Packed::Q6Kx8 => Q6KX8_BYTES,
+        }
+    }
+
+    /// The packed layout for weights of type `qt` with `n` rows of `k` elements, if any.
+    pub fn for_weights(qt: QuantType, n: usize, k: usize) -> Option<Packed> {
+        if n == 0 || !n.is_multiple_of(ROWS) || !qt.fits(k) {
+            return None;
+        }
+        match qt {
+            QuantType::Q4K => Some(Packed::Q4Kx8),
+            QuantType::Q6K => Some(Packed::Q6Kx8),
+            _ => None,
+        }
+    }
+
+    /// Bytes of an `n × k` matrix in this layout.
+    pub fn bytes(self, n: usize, k: usize) -> usize {
+        n / ROWS * (k / QK_K) * self.block_bytes()
+    }
+
+    /// Elements held by `bytes` bytes of this layout.
+    pub fn elems(self, bytes: usize) -> usize {
+        bytes / self.block_bytes() * ROWS * QK_K
+    }
+
+    /// Bytes of one group of [`ROWS`] rows of `k` elements.
+    pub fn group_bytes(self, k: usize) -> usize {
+        self.bytes(ROWS, k)
+    }
+}
+
+/// Repacks `n` GGUF rows of `k` elements (`src`, `n · row_bytes` bytes) into `out`
+/// (`layout.bytes(n, k)` bytes).
+///
+/// Panics on shapes the layout does not take (checked with [`Packed::for_weights`] first).
+pub fn pack(layout: Packed, src: &[u8], n: usize, k: usize, out: &mut [u8]) {
+    let qt = layout.source();
+    assert_eq!(Packed::for_weights(qt, n, k), Some(layout), "packed shape");
+    let rb = qt.row_bytes(k);
+    assert_eq!(src.len(), n * rb, "source shape");
+    assert_eq!(out.len(), layout.bytes(n, k), "packed size");
+    let nb = k / QK_K;
+    let gb = layout.group_bytes(k);
+    if layout == Packed::Q6Kx8 {
+        for (g, og) in out.chunks_exact_mut(gb).enumerate() {
+            for b in 0..nb {
+                let blocks: [&[u8]; ROWS] = std::array::from_fn(|i| {
+                    let at = (g * ROWS + i) * rb + b * 210;
+                    &src[at..at + 210]
+                });
+                pack_q6k_block(&blocks, &mut og[b * Q6KX8_BYTES..(b + 1) * Q6KX8_BYTES]);
+            }
+        }
+        return;
+    }
+    for (g, og) in out.chunks_exact_mut(gb).enumerate() {
+        for b in 0..nb {
+            let o = &mut og[b * Q4KX8_BYTES..(b + 1) * Q4KX8_BYTES];
+            for i in 0..ROWS {
+                let row = g * ROWS + i;
+                let blk = &src[row * rb + b * 144..row * rb + (b + 1) * 144];
+                o[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
+                o[16 + 2 * i..16 + 2 * i + 2].copy_from_slice(&blk[2..4]);
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &blk[4..16]);
+                    o[32 + 8 * j + i] = sc;
+                    o[96 + 16 * (j / 2) + 2 * i + j % 2] = m;
+                }
+                for c in 0..4 {
+                    for e in 0..8 {
+                        let at = 160 + (c * 8 + e) * 32 + 4 * i;
+                        o[at..at + 4]
+                            .copy_from_slice(&blk[16 + 32 * c + 4 * e..16 + 32 * c + 4 * e + 4]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Restores the GGUF bytes of row `r` (`row_bytes(k)` bytes) from a packed matrix.
+pub fn unpack_row(layout: Packed, packed: &[u8], k: usize, r: usize, out: &mut [u8]) {
+    let nb = k / QK_K;
+    let gb = layout.group_bytes(k);
+    let (g, i) = (r / ROWS, r % ROWS);
+    let grp = &packed[g * gb..(g + 1) * gb];
+    if layout == Packed::Q6Kx8 {
+        for b in 0..nb {
+            let o = &grp[b * Q6KX8_BYTES..(b + 1) * Q6KX8_BYTES];
+            unpack_q6k_block(o, i, &mut out[b * 210..(b + 1) * 210]);
+        }
+        return;
+    }
+    for b in 0..nb {
+        let o = &grp[b * Q4KX8_BYTES..(b + 1) * Q4KX8_BYTES];
+        let blk = &mut out[b * 144..(b + 1) * 144];
+        blk[0..2].copy_from_slice(&o[2 * i..2 * i + 2]);
+        blk[2..4].copy_from_slice(&o[16 + 2 * i..16 + 2 * i + 2]);
+        let sc: [u8; 8] = std::array::from_fn(|j| o[32 + 8 * j + i]);
+        let m: [u8; 8] = std::array::from_fn(|j| o[96 + 16 * (j / 2) + 2 * i + j % 2]);
+        pack_scale_min_k4(&sc, &m, &mut blk[4..16]);
+        for c in 0..4 {
+            for e in 0..8 {
+                let at = 160 + (c * 8 + e) * 32 + 4 * i;
+                blk[16 + 32 * c + 4 * e..16 + 32 * c + 4 * e + 4].copy_from_slice(&o[at..at + 4]);
+            }
+        }
+    }
+}
+
+/// Row `r` of a packed `? × k` matrix as f32, equal to dequantizing the GGUF row (no
+/// allocation: one block at a time).
+pub fn dequantize_row(layout: Packed, packed: &[u8], k: usize, r: usize, out: &mut [f32]) {
+    let nb = k / QK_K;
+    let (gb, bb) = (layout.group_bytes(k), layout.block_bytes());
+    let (g, i) = (r / ROWS, r % ROWS);
+    let grp = &packed[g * gb..(g + 1) * gb];
+    let qt = layout.source();
+    let mut blk = [0u8; 210];
+    let blk = &mut blk[..qt.block_bytes()];
+    for b in 0..nb {
+        // A one-block "row" of one super-block: unpack just that block.
+        unpack_row(layout, &grp[b * bb..(b + 1) * bb], QK_K, i, blk);
+        crate::quant::dequantize_row(qt, blk, &mut out[b * QK_K..(b + 1) * QK_K]);
+    }
+}
+
+/// The 256 six-bit values of a GGUF Q6_K block in element order.
+fn q6k_values(blk: &[u8]) -> [u8; QK_K] {
+    let mut q = [0u8; QK_K];
+    for (t, v) in q.iter_mut().enumerate() {
+        let (n, m, l) = (t / 128, t % 128 / 32, t % 32);
+        let lo = blk[64 * n + l + 32 * (m % 2)];
+        let lo = if m < 2 { lo & 0xF } else { lo >> 4 };
+        let hi = (blk[128 + 32 * n + l] >> (2 * m)) & 3;
+        *v = lo | hi << 4;
+    }
+    q
+}
+
+/// Packs the same super-block of eight Q6_K rows (see the module documentation).
+fn pack_q6k_block(blocks: &[&[u8]; ROWS], o: &mut [u8]) {
+    for (i, blk) in blocks.iter().enumerate() {
+        o[2 * i..2 * i + 2].copy_from_slice(&blk[208..210]);
+        for j in 0..16 {
+            o[16 + 8 * j + i] = blk[192 + j];
+        }
+        let q = q6k_values(blk);
+        for j in 0..16 {
+            let v = &mut o[144 + 96 * j..144 + 96 * (j + 1)];
+            for e4 in 0..4 {
+                let g = |e: usize| q[16 * j + 4 * e + e4];
+                let at = 4 * i + e4;
+                v[at] = (g(0) & 0xF) | (g(1) & 0xF) << 4;
+                v[32 + at] = (g(2) & 0xF) | (g(3) & 0xF) << 4;
+                v[64 + at] = g(0) >> 4 | (g(1) >> 4) << 2 | (g(2) >> 4) << 4 | (g(3) >> 4) << 6;
+            }
+        }
+    }
+}
+
+/// The six-bit value of element `16j + 4e + e4` of row `i` in a packed Q6_K super-block.
+fn q6k_packed_value(o: &[u8], i: usize, j: usize, e: usize, e4: usize) -> u8 {
+    let v = &o[144 + 96 * j..144 + 96 * (j + 1)];
+    let at = 4 * i + e4;
+    let nib = v[32 * (e / 2) + at];
+    let lo = if e.is_multiple_of(2) { nib & 0xF } else { nib >> 4 };
+    lo | ((v[64 + at] >> (2 * e)) & 3) << 4
+}
+
+/// Restores row `i`'s GGUF Q6_K block from a packed super-block.
+fn unpack_q6k_block(o: &[u8], i: usize, blk: &mut [u8]) {
+    blk.fill(0);
+    for t in 0..QK_K {
+        let (j, e, e4) = (t / 16, t % 16 / 4, t % 4);
+        let q = q6k_packed_value(o, i, j, e, e4);
+        let (n, m, l) = (t / 128, t % 128 / 32, t % 32);
+        blk[64 * n + l + 32 * (m % 2)] |= if m < 2 { q & 0xF } else { (q & 0xF) << 4 };
+        blk[128 + 32 * n + l] |= (q >> 4) << (2 * m);
+    }
+    for j in 0..16 {
+        blk[192 + j] = o[16 + 8 * j + i];
+    }
+    blk[208..210].copy_from_slice(&o[2 * i..2 * i + 2]);
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// The scalar twin of the SIMD kernels: `out[r][i] = row_i · a[r]` for the [`ROWS`] rows of
+/// one group (`grp`, `group_bytes(k)` bytes) and `RA` K256 activation rows. Integer sums are
+/// exact; the float steps are the kernels' operations in the kernels' order, so both agree bit
+/// for bit.
+pub fn scalar_group<const RA: usize>(
+    layout: Packed,
+    grp: &[u8],
+    a: &[ActRow<'_>; RA],
+) -> [[f32; ROWS]; RA] {
+    match layout {
+        Packed::Q4Kx8 => scalar_q4k(grp, a),
+        Packed::Q6Kx8 => scalar_q6k(grp, a),
+    }
+}
+
+fn scalar_q6k<const RA: usize>(grp: &[u8], a: &[ActRow<'_>; RA]) -> [[f32; ROWS]; RA] {
+    let mut out = [[0f32; ROWS]; RA];
+    let Some(first) = a.first() else {
+        return out;
+    };
+    let nb = first.qs.len() / QK_K;
+    for b in 0..nb {
+        let o = &grp[b * Q6KX8_BYTES..(b + 1) * Q6KX8_BYTES];
+        for (r, ar) in a.iter().enumerate() {
+            let qs = &ar.qs[b * QK_K..(b + 1) * QK_K];
+            let da = ar.d[b];
+            for i in 0..ROWS {
+                let (mut sumi, mut corr) = (0i32, 0i32);
+                for j in 0..16 {
+                    let sc = o[16 + 8 * j + i] as i8 as i32;
+                    let mut s = 0i32;
+                    for e in 0..4 {
+                        for e4 in 0..4 {
+                            let q = q6k_packed_value(o, i, j, e, e4) as i32;
+                            s += q * qs[16 * j + 4 * e + e4] as i32;
+                        }
+                    }
+                    sumi += sc * s;
+                    corr += sc * ar.sums[b * 16 + j];
+                }
+                let d = f16_at(o, 2 * i);
+                out[r][i] = ((sumi - 32 * corr) as f32).mul_add(d * da, out[r][i]);
+            }
+        }
+    }
+    out
+}
+
+fn scalar_q4k<const RA: usize>(grp: &[u8], a: &[ActRow<'_>; RA]) -> [[f32; ROWS]; RA] {
+    let mut out = [[0f32; ROWS]; RA];
+    let Some(first) = a.first() else {
+        return out;
+    };
+    let nb = first.qs.len() / QK_K;
+    for b in 0..nb {
+        let o = &grp[b * Q4KX8_BYTES..(b + 1) * Q4KX8_BYTES];
+        for (r, ar) in a.iter().enumerate() {
+            let qs = &ar.qs[b * QK_K..(b + 1) * QK_K];
+            let da = ar.d[b];
+            for i in 0..ROWS {
+                let mut sumi = 0i32;
+                for j in 0..8 {
+                    let mut s = 0i32;
+                    for l in 0..32 {
+                        // Element 32j + l: chunk j/2, low nibble for even j, high for odd.
+                        let c = j / 2;
+                        let (e, e4) = (l / 4, l % 4);
+                        let byte = o[160 + (c * 8 + e) * 32 + 4 * i + e4];
+                        let q = if j.is_multiple_of(2) { byte & 0xF } else { byte >> 4 };
+                        s += q as i32 * qs[32 * j + l] as i32;
+                    }
+                    sumi += o[32 + 8 * j + i] as i32 * s;
+                }
+                let mut mn = 0i32;
+                for j in 0..8 {
+                    let bsum: i32 = ar.sums[b * 16 + 2 * j] + ar.sums[b * 16 + 2 * j + 1];
+                    mn += o[96 + 16 * (j / 2) + 2 * i + j % 2] as i32 * bsum;
+                }
+                let d = f16_at(o, 2 * i);
+                let dmin = f16_at(o, 16 + 2 * i);
+                let acc = (sumi as f32).mul_add(d * da, out[r][i]);
+                out[r][i] = (-(mn as f32)).mul_add(dmin * da, acc);
+            }
+        }
+    }
+    out
+}
+
+/// Which implementation computes packed groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackedKernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl PackedKernel {
+    /// The fastest kernel this CPU supports (`MIDEUM_KERNEL=scalar` forces the reference).
+    pub fn detect() -> PackedKernel {
+        PackedKernel::available()
+            .last()
+            .copied()
+            .filter(|_| std::env::var("MIDEUM_KERNEL").map_or(true, |v| v != "scalar"))
+            .unwrap_or(PackedKernel::Scalar)
+    }
+
+    pub fn available() -> Vec<PackedKernel> {
+        #[allow(unused_mut)]
+        let mut v = vec![PackedKernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                v.push(PackedKernel::Avx2);
+            }
+        }
+        v
+    }
+
+    /// `out[r][i] = row_i · a[r]` for one group of [`ROWS`] packed rows (`grp`) and `RA`
+    /// K256 activation rows of `k` elements each.
+    ///
+    /// Panics if the shapes do not match.
+    #[inline]
+    pub fn group<const RA: usize>(
+        self,
+        layout: Packed,
+        grp: &[u8],
+        a: &[ActRow<'_>; RA],
+    ) -> [[f32; ROWS]; RA] {
+        let Some(first) = a.first() else {
+            return [[0f32; ROWS]; RA];
+        };
+        let k = first.qs.len();
+        assert!(k.is_multiple_of(QK_K), "activation row shape");
+        assert!(grp.len() >= layout.group_bytes(k), "packed group shape");
+        for r in a {
+            assert!(
+                r.qs.len() == k
+                    && r.d.len() * QK_K >= k
+                    && r.sums.len() * 16 >= k
+                    && r.pairs.len() * QK_K >= k * crate::quant::PAIRS_PER_BLOCK,
+                "activation row shape"
+            );
+        }
+        match self {
+            PackedKernel::Scalar => scalar_group(layout, grp, a),
+            // SAFETY: `available`/`detect` only return this variant on CPUs with AVX2, FMA and
+            // F16C; the shapes the raw reads rely on were checked above.
+            #[cfg(target_arch = "x86_64")]
+            PackedKernel::Avx2 => unsafe {
+                match layout {
+                    Packed::Q4Kx8 => x86::q4kx8::<RA>(grp.as_ptr(), a),
+                    Packed::Q6Kx8 => x86::q6kx8::<RA>(grp.as_ptr(), a),
+                }
+            },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Bytes ahead that decode prefetches in the group's single weight stream.
+    const PF: usize = 4096;
+
+    /// # Safety
+    /// AVX2, FMA and F16C are available; `w` points at a full group of `k / 256` super-blocks;
+    /// every `a[r]` has `k` values, `k / 256` scales and `k / 16` sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4kx8<const RA: usize>(w: *const u8, a: &[ActRow<'_>; RA]) -> [[f32; ROWS]; RA] {
+        let nb = a[0].qs.len() / QK_K;
+        let m4 = _mm256_set1_epi8(0xF);
+        let mut facc = [_mm256_setzero_ps(); RA];
+        for b in 0..nb {
+            // SAFETY (whole body): super-block b < nb of the group and of every activation row
+            // (the caller's contract); every offset stays inside one 1184-byte super-block.
+            unsafe {
+                let blk = w.add(b * Q4KX8_BYTES);
+                if RA == 1 {
+                    for off in (0..Q4KX8_BYTES).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
+                    }
+                }
+                let mut sumi = [_mm256_setzero_si256(); RA];
+                for c in 0..4 {
+                    let mut acc_lo = [_mm256_setzero_si256(); RA];
+                    let mut acc_hi = [_mm256_setzero_si256(); RA];
+                    for e in 0..8 {
+                        let v =
+                            _mm256_loadu_si256(blk.add(160 + (c * 8 + e) * 32) as *const __m256i);
+                        let lo = _mm256_and_si256(v, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        for r in 0..RA {
+                            let aq = a[r].qs.as_ptr().add(b * QK_K + 64 * c + 4 * e);
+                            let alo = _mm256_set1_epi32((aq as *const i32).read_unaligned());
+                            let ahi =
+                                _mm256_set1_epi32((aq.add(32) as *const i32).read_unaligned());
+                            // Nibble × i8 pair sums ≤ 2·15·127; eight of them fit i16.
+                            acc_lo[r] = _mm256_add_epi16(acc_lo[r], _mm256_maddubs_epi16(lo, alo));
+                            acc_hi[r] = _mm256_add_epi16(acc_hi[r], _mm256_maddubs_epi16(hi, ahi));
+                        }
+                    }
+                    // Sub-block scales of 2c and 2c + 1, each row's in both i16 halves of its lane.
+                    let s0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        blk.add(32 + 16 * c) as *const __m128i
+                    ));
+                    let s1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        blk.add(40 + 16 * c) as *const __m128i
+                    ));
+                    let s0 = _mm256_or_si256(s0, _mm256_slli_epi32(s0, 16));
+                    let s1 = _mm256_or_si256(s1, _mm256_slli_epi32(s1, 16));
+                    for r in 0..RA {
+                        sumi[r] = _mm256_add_epi32(
+                            sumi[r],
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(acc_lo[r], s0),
+                                _mm256_madd_epi16(acc_hi[r], s1),
+                            ),
+                        );
+                    }
+                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+                let mins: [__m256i; 4] = std::array::from_fn(|p| {
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(blk.add(96 + 16 * p) as *const __m128i))
+                });
+                for r in 0..RA {
+                    // Sums of sub-blocks 2p and 2p + 1 as an i16 pair (ActQ8::pairs).
+                    let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK + 8);
+                    let mut mn = _mm256_setzero_si256();
+                    for (p, mv) in mins.iter().enumerate() {
+                        mn = _mm256_add_epi32(
+                            mn,
+                            _mm256_madd_epi16(*mv, _mm256_set1_epi32(*pr.add(p))),
+                        );
+                    }
+                    let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                    facc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), _mm256_mul_ps(d, da), facc[r]);
+                    facc[r] =
+                        _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mn), _mm256_mul_ps(dmin, da), facc[r]);
+                }
+            }
+        }
+        store(facc)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn store<const RA: usize>(facc: [__m256; RA]) -> [[f32; ROWS]; RA] {
+        let mut out = [[0f32; ROWS]; RA];
+        for r in 0..RA {
+            // SAFETY: `out[r]` holds 8 f32.
+            unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), facc[r]) };
+        }
+        out
+    }
+
+    /// # Safety
+    /// As [`q4kx8`], for a [`Packed::Q6Kx8`] group.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q6kx8<const RA: usize>(w: *const u8, a: &[ActRow<'_>; RA]) -> [[f32; ROWS]; RA] {
+        let nb = a[0].qs.len() / QK_K;
+        let m4 = _mm256_set1_epi8(0xF);
+        let m3 = _mm256_set1_epi8(3);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut facc = [_mm256_setzero_ps(); RA];
+        for b in 0..nb {
+            // SAFETY (whole body): super-block b < nb of the group and of every activation row
+            // (the caller's contract); every offset stays inside one 1680-byte super-block.
+            unsafe {
+                let blk = w.add(b * Q6KX8_BYTES);
+                if RA == 1 {
+                    for off in (0..Q6KX8_BYTES).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
+                    }
+                }
+                let mut sumi = [_mm256_setzero_si256(); RA];
+                for j in 0..16 {
+                    let v = blk.add(144 + 96 * j);
+                    let n0 = _mm256_loadu_si256(v as *const __m256i);
+                    let n1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
+                    let h = _mm256_loadu_si256(v.add(64) as *const __m256i);
+                    // Six-bit values of the sub-block's four groups of four elements, 8 rows each.
+                    let q = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(n0, m4),
+                            _mm256_slli_epi16(_mm256_and_si256(h, m3), 4),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(n0, 4), m4),
+                            _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(0xC)), 2),
+                        ),
+                        _mm256_or_si256(_mm256_and_si256(n1, m4), _mm256_and_si256(h, m30)),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(n1, 4), m4),
+                            _mm256_and_si256(_mm256_srli_epi16(h, 2), m30),
+                        ),
+                    ];
+                    // Row i's i8 scale of sub-block j in both i16 halves of lane i.
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        blk.add(16 + 8 * j) as *const __m128i
+                    ));
+                    let sc = _mm256_or_si256(
+                        _mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
+                        _mm256_slli_epi32(sc, 16),
+                    );
+                    for r in 0..RA {
+                        let aq = a[r].qs.as_ptr().add(b * QK_K + 16 * j);
+                        let m: [__m256i; 4] = std::array::from_fn(|e| {
+                            let av =
+                                _mm256_set1_epi32((aq.add(4 * e) as *const i32).read_unaligned());
+                            _mm256_maddubs_epi16(q[e], av)
+                        });
+                        // Six-bit × i8 pair sums ≤ 2·63·127; two of them fit i16.
+                        let p01 = _mm256_add_epi16(m[0], m[1]);
+                        let p23 = _mm256_add_epi16(m[2], m[3]);
+                        sumi[r] = _mm256_add_epi32(
+                            sumi[r],
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(p01, sc),
+                                _mm256_madd_epi16(p23, sc),
+                            ),
+                        );
+                    }
+                }
+                // The −32 offset: Σ_j sc_j · (sum of the activations of sub-block j), with the
+                // scales of sub-blocks 2p and 2p + 1 interleaved per row as i16 pairs.
+                let scb = _mm_loadu_si128(blk.add(16) as *const __m128i);
+                let scb2 = _mm_loadu_si128(blk.add(32) as *const __m128i);
+                let scb3 = _mm_loadu_si128(blk.add(48) as *const __m128i);
+                let scb4 = _mm_loadu_si128(blk.add(64) as *const __m128i);
+                let scb5 = _mm_loadu_si128(blk.add(80) as *const __m128i);
+                let scb6 = _mm_loadu_si128(blk.add(96) as *const __m128i);
+                let scb7 = _mm_loadu_si128(blk.add(112) as *const __m128i);
+                let scb8 = _mm_loadu_si128(blk.add(128) as *const __m128i);
+                // Each 16-byte load holds sub-blocks 2p (low 8 bytes) and 2p + 1 (high 8).
+                let pairs: [__m256i; 8] = std::array::from_fn(|p| {
+                    let x = [scb, scb2, scb3, scb4, scb5, scb6, scb7, scb8][p];
+                    _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, _mm_srli_si128(x, 8)))
+                });
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                for r in 0..RA {
+                    let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK);
+                    let mut corr = _mm256_setzero_si256();
+                    for (p, sp) in pairs.iter().enumerate() {
+                        corr = _mm256_add_epi32(
+                            corr,
+                            _mm256_madd_epi16(*sp, _mm256_set1_epi32(*pr.add(p))),
+                        );
+                    }
+                    let tot = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(corr, 5));
+                    let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                    facc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, da), facc[r]);
+                }
+            }
+        }
+        store(facc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{dequantize_row, quantize_row, ActKind, ActQ8};
+    use proptest::prelude::*;
+
+    fn rnd(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+            })
+            .collect()
+    }
+
+    const LAYOUTS: [Packed; 2] = [Packed::Q4Kx8, Packed::Q6Kx8];
+
+    fn matrix(qt: QuantType, n: usize, k: usize, seed: u64) -> Vec<u8> {
+        let rb = qt.row_bytes(k);
+        let wf = rnd(seed, n * k);
+        let mut w = vec![0u8; n * rb];
+        for j in 0..n {
+            quantize_row(qt, &wf[j * k..(j + 1) * k], &mut w[j * rb..(j + 1) * rb]);
+        }
+        w
+    }
+
+    proptest! {
+        /// Packing keeps every byte: unpacking each row restores the GGUF row exactly.
+        #[test]
+        fn pack_roundtrip(li in 0usize..2, groups in 1usize..4, nb in 1usize..4, seed in 0u64..10_000) {
+            let layout = LAYOUTS[li];
+            let qt = layout.source();
+            let (n, k) = (groups * ROWS, nb * QK_K);
+            let w = matrix(qt, n, k, seed);
+            let rb = qt.row_bytes(k);
+            prop_assert_eq!(Packed::for_weights(qt, n, k), Some(layout));
+            let mut p = vec![0u8; layout.bytes(n, k)];
+            pack(layout, &w, n, k, &mut p);
+            let mut row = vec![0u8; rb];
+            let (mut want, mut got) = (vec![0f32; k], vec![0f32; k]);
+            for r in 0..n {
+                unpack_row(layout, &p, k, r, &mut row);
+                prop_assert_eq!(&row[..], &w[r * rb..(r + 1) * rb]);
+                dequantize_row(qt, &w[r * rb..(r + 1) * rb], &mut want);
+                super::dequantize_row(layout, &p, k, r, &mut got);
+                prop_assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+
+        /// Every kernel equals the scalar twin bit for bit, and the twin equals the float dot
+        /// of the dequantized weights within the 8-bit activation error.
+        #[test]
+        fn kernels_match_scalar(li in 0usize..2, nb in 1usize..5, seed in 0u64..100_000, scale in 0.01f32..30.0) {
+            let layout = LAYOUTS[li];
+            let qt = layout.source();
+            let (n, k) = (ROWS, nb * QK_K);
+            let w = matrix(qt, n, k, seed);
+            let mut p = vec![0u8; layout.bytes(n, k)];
+            pack(layout, &w, n, k, &mut p);
+            let x: Vec<f32> = rnd(seed ^ 0xabc, 5 * k).iter().map(|v| v * scale).collect();
+            let mut act = ActQ8::default();
+            act.quantize(&x, 5, k, ActKind::K256);
+            let rows: [ActRow<'_>; 5] = std::array::from_fn(|r| act.row(r, ActKind::K256));
+            let want5 = scalar_group::<5>(layout, &p, &rows);
+            for kern in PackedKernel::available() {
+                let g1 = kern.group::<1>(layout, &p, &[rows[3]]);
+                let g4 = kern.group::<4>(layout, &p, &[rows[0], rows[1], rows[2], rows[4]]);
+                let g5 = kern.group::<5>(layout, &p, &rows);
+                for i in 0..ROWS {
+                    prop_assert_eq!(g1[0][i].to_bits(), want5[3][i].to_bits(), "{:?}", kern);
+                    for (gi, r) in [(0, 0), (1, 1), (2, 2), (3, 4)] {
+                        prop_assert_eq!(g4[gi][i].to_bits(), want5[r][i].to_bits(), "{:?}", kern);
+                    }
+                    for r in 0..5 {
+                        prop_assert_eq!(g5[r][i].to_bits(), want5[r][i].to_bits(), "{:?}", kern);
+                    }
+                }
+            }
+            // Against floats: the dequantized row times the (unquantized) activation row.
+            let rb = qt.row_bytes(k);
+            let mut wf = vec![0f32; k];
+            for i in 0..ROWS {
+                dequantize_row(qt, &w[i * rb..(i + 1) * rb], &mut wf);
+                for r in 0..5 {
+                    let xr = &x[r * k..(r + 1) * k];
+                    let exact: f32 = wf.iter().zip(xr).map(|(a, b)| a * b).sum();
+                    let wn = wf.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    let xn = xr.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    prop_assert!((want5[r][i] - exact).abs() <= 0.02 * wn * xn + 1e-4,
+                        "row {} act {}: {} vs {}", i, r, want5[r][i], exact);
+                }
+            }
+        }
+    }
+
+    /// Q6_K's extreme values: every six-bit value 63 (weight +31·d) or 0 (−32·d) with scale
+    /// ±128/127 against activations of ±127 (the i16 partial sums reach their bound).
+    #[test]
+    fn q6k_extreme_values_do_not_overflow() {
+        let k = QK_K;
+        for (qv, sc) in [(63u8, 127i8), (63, -128), (0, 127), (0, -128)] {
+            let mut w = vec![0u8; ROWS * 210];
+            for blk in w.chunks_exact_mut(210) {
+                let ql = qv & 0xF;
+                blk[0..128].fill(ql | ql << 4);
+                let qh = qv >> 4;
+                blk[128..192].fill(qh | qh << 2 | qh << 4 | qh << 6);
+                blk[192..208].fill(sc as u8);
+                blk[208..210].copy_from_slice(&f16::from_f32(1.0).to_bits().to_le_bytes());
+            }
+            let mut p = vec![0u8; Packed::Q6Kx8.bytes(ROWS, k)];
+            pack(Packed::Q6Kx8, &w, ROWS, k, &mut p);
+            for sign in [1.0f32, -1.0] {
+                let x = vec![sign; k];
+                let mut act = ActQ8::default();
+                act.quantize(&x, 1, k, ActKind::K256);
+                let row = act.row(0, ActKind::K256);
+                // Activations are all −127·sign with d = −sign/127, i.e. exactly `sign`.
+                let want = (qv as f32 - 32.0) * sc as f32 * k as f32 * sign;
+                for kern in PackedKernel::available() {
+                    let g = kern.group::<1>(Packed::Q6Kx8, &p, &[row]);
+                    for v in g[0] {
+                        assert!(
+                            (v - want).abs() <= want.abs() * 1e-5,
+                            "{kern:?} q={qv} sc={sc}: {v} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The extreme values: every nibble 15 against activations of ±127 (the i16 partial sums
+    /// reach their bound and must not wrap).
+    #[test]
+    fn extreme_values_do_not_overflow() {
+        let k = QK_K;
+        let rb = QuantType::Q4K.row_bytes(k);
+        let mut w = vec![0u8; ROWS * rb];
+        for blk in w.chunks_exact_mut(144) {
+            blk[0..2].copy_from_slice(&f16::from_f32(1.0).to_bits().to_le_bytes());
+            blk[2..4].copy_from_slice(&f16::from_f32(0.0).to_bits().to_le_bytes());
+            pack_scale_min_k4(&[63; 8], &[0; 8], &mut blk[4..16]);
+            blk[16..].fill(0xFF);
+        }
+        let mut p = vec![0u8; Packed::Q4Kx8.bytes(ROWS, k)];
+        pack(Packed::Q4Kx8, &w, ROWS, k, &mut p);
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; k];
+            let mut act = ActQ8::default();
+            act.quantize(&x, 1, k, ActKind::K256);
+            let row = act.row(0, ActKind::K256);
+            assert!(row.qs.iter().all(|&q| q.abs() == 127));
+            let want = 15.0 * 63.0 * k as f32 * sign;
+            for kern in PackedKernel::available() {
+                let g = kern.group::<1>(Packed::Q4Kx8, &p, &[row]);
+                for v in g[0] {
+                    assert!(
+                        (v - want).abs() <= want.abs() * 1e-5,
+                        "{kern:?}: {v} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
