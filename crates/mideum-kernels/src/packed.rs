@@ -245,12 +245,15 @@ pub fn dequantize_row(layout: Packed, packed: &[u8], k: usize, r: usize, out: &m
 /// The 256 six-bit values of a GGUF Q6_K block in element order.
 fn q6k_values(blk: &[u8]) -> [u8; QK_K] {
     let mut q = [0u8; QK_K];
-    for (t, v) in q.iter_mut().enumerate() {
-        let (n, m, l) = (t / 128, t % 128 / 32, t % 32);
-        let lo = blk[64 * n + l + 32 * (m % 2)];
-        let lo = if m < 2 { lo & 0xF } else { lo >> 4 };
-        let hi = (blk[128 + 32 * n + l] >> (2 * m)) & 3;
-        *v = lo | hi << 4;
+    for n in 0..2 {
+        for l in 0..32 {
+            let (ql0, ql1) = (blk[64 * n + l], blk[64 * n + 32 + l]);
+            let qh = blk[128 + 32 * n + l];
+            q[128 * n + l] = (ql0 & 0xF) | (qh & 3) << 4;
+            q[128 * n + l + 32] = (ql1 & 0xF) | ((qh >> 2) & 3) << 4;
+            q[128 * n + l + 64] = (ql0 >> 4) | ((qh >> 4) & 3) << 4;
+            q[128 * n + l + 96] = (ql1 >> 4) | ((qh >> 6) & 3) << 4;
+        }
     }
     q
 }

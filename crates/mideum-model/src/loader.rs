@@ -84,7 +84,11 @@ impl LoadedModel {
         let mut tensors = crate::safetensors::load_dir(dir)?;
         if let Some(q) = opts.quant {
             crate::tensor::quantize_all(&mut tensors, q, threads(opts.threads))?;
-            crate::tensor::move_to_arena(&mut tensors, crate::tensor::repack_enabled())?;
+            crate::tensor::move_to_arena(
+                &mut tensors,
+                crate::tensor::repack_enabled(),
+                threads(opts.threads),
+            )?;
         }
         let mut model = Llama::new(
             config,
@@ -134,7 +138,7 @@ impl LoadedModel {
         }
         let repack = crate::tensor::repack_enabled();
         if repack || std::env::var("MIDEUM_HUGEPAGES").is_ok_and(|v| v == "1") {
-            crate::tensor::move_to_arena(&mut tensors, repack)?;
+            crate::tensor::move_to_arena(&mut tensors, repack, threads(opts.threads))?;
         }
         let mut model = Llama::new(config, tensors, NameScheme::Gguf, threads(opts.threads))?;
         model.set_kv_type(opts.kv_type);

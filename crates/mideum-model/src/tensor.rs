@@ -440,6 +440,14 @@ pub fn quantize_all(
     Ok(())
 }
 
+/// One piece of [`move_to_arena`]'s work: rows `rows` of `t` into `dst`.
+struct Job<'a> {
+    t: &'a Tensor,
+    layout: Option<Packed>,
+    rows: std::ops::Range<usize>,
+    dst: &'a mut [u8],
+}
+
 /// Whether quantized weights are repacked at load into the kernels' interleaved layouts
 /// (default on; `MIDEUM_REPACK=0` keeps GGUF row order, e.g. to compare kernels).
 pub fn repack_enabled() -> bool {
@@ -450,11 +458,13 @@ pub fn repack_enabled() -> bool {
 /// anonymous arena backed by transparent huge pages where the kernel allows it (fewer TLB
 /// misses while decode streams every weight once per token), repacking each matrix into the
 /// kernels' interleaved layout when `repack` is set and one exists for its type and shape
-/// ([`mideum_kernels::packed`]). File pages are released as they are copied, so resident
-/// memory stays about the file size (a packed Q4_K matrix is 2.8% larger than its rows).
+/// ([`mideum_kernels::packed`]), on `threads` threads. File pages are released as they are
+/// copied, so resident memory stays about the file size (a packed Q4_K matrix is 2.8% larger
+/// than its rows).
 pub fn move_to_arena(
     tensors: &mut std::collections::HashMap<String, Tensor>,
     repack: bool,
+    threads: usize,
 ) -> Result<()> {
     let layout_of = |t: &Tensor| match (t.dtype, t.shape.as_slice()) {
         (DType::Quant(q), &[n, k]) if repack => Packed::for_weights(q, n, k),
@@ -489,30 +499,121 @@ pub fn move_to_arena(
         .map_anon()
         .map_err(io)?;
     let _ = map.advise(memmap2::Advice::HugePage);
-    let mut at = 0;
+    // Carve the arena into one destination per tensor, then copy/pack them on `threads`
+    // threads, largest first to the least-loaded thread.
+    // Big matrices (the 131k-row embedding) are split into pieces of whole row groups so that
+    // every thread gets a share.
+    const PIECE: usize = 16 << 20;
     let mut places = Vec::with_capacity(names.len());
+    let mut jobs: Vec<Job<'_>> = Vec::with_capacity(names.len());
+    let mut rest: &mut [u8] = &mut map[..];
+    let mut at = 0;
     for n in &names {
         let t = &tensors[n];
         let layout = layout_of(t);
         let len = size(t);
-        let src = t.raw_bytes();
-        if src.len() != t.nbytes() {
-            return Err(ModelError::tensor(
-                n,
-                "stored size does not match its shape",
-            ));
-        }
-        let dst = &mut map[at..at + len];
+        let padded = len.div_ceil(64) * 64;
+        let (dst, tail) = rest.split_at_mut(padded);
+        rest = tail;
+        let mut dst = &mut dst[..len];
         match layout {
-            Some(p) => mideum_kernels::packed::pack(p, &src, t.shape[0], t.shape[1], dst),
-            None => dst.copy_from_slice(&src),
-        }
-        drop(src);
-        if let Storage::Mapped { file, start, end } = &t.storage {
-            file.release(*start, *end);
+            Some(p) => {
+                let (n_rows, k) = (t.shape[0], t.shape[1]);
+                let gb = p.group_bytes(k);
+                let groups_per = (PIECE / gb.max(1)).max(1);
+                let mut g0 = 0;
+                while g0 * mideum_kernels::packed::ROWS < n_rows {
+                    let g1 = (g0 + groups_per).min(n_rows / mideum_kernels::packed::ROWS);
+                    let (d, tail) = dst.split_at_mut((g1 - g0) * gb);
+                    dst = tail;
+                    jobs.push(Job {
+                        t,
+                        layout,
+                        rows: g0 * mideum_kernels::packed::ROWS..g1 * mideum_kernels::packed::ROWS,
+                        dst: d,
+                    });
+                    g0 = g1;
+                }
+            }
+            None => jobs.push(Job {
+                t,
+                layout,
+                rows: 0..t.shape.first().copied().unwrap_or(0),
+                dst,
+            }),
         }
         places.push((n.clone(), at, at + len, layout));
-        at += len.div_ceil(64) * 64;
+        at += padded;
+    }
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.dst.len()));
+    let threads = threads.max(1);
+    let mut lanes: Vec<(usize, Vec<Job<'_>>)> = (0..threads).map(|_| (0, Vec::new())).collect();
+    for job in jobs {
+        if let Some(lane) = lanes.iter_mut().min_by_key(|(load, _)| *load) {
+            lane.0 += job.dst.len();
+            lane.1.push(job);
+        }
+    }
+    let results: Vec<Result<()>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = lanes
+            .into_iter()
+            .map(|(_, lane)| {
+                sc.spawn(move || -> Result<()> {
+                    for Job {
+                        t,
+                        layout,
+                        rows,
+                        dst,
+                    } in lane
+                    {
+                        let src = t.raw_bytes();
+                        if src.len() != t.nbytes() {
+                            return Err(ModelError::tensor(
+                                &t.name,
+                                "stored size does not match its shape",
+                            ));
+                        }
+                        // The file bytes this piece read (pages wholly inside are released;
+                        // release rounds inward, so neighbouring pieces are not affected).
+                        let (from, to) = match layout {
+                            Some(p) => {
+                                let rb = p.source().row_bytes(t.shape[1]);
+                                let (from, to) = (rows.start * rb, rows.end * rb);
+                                let part = &src[from..to];
+                                mideum_kernels::packed::pack(p, part, rows.len(), t.shape[1], dst);
+                                (from, to)
+                            }
+                            None => {
+                                dst.copy_from_slice(&src);
+                                (0, src.len())
+                            }
+                        };
+                        drop(src);
+                        if let Storage::Mapped { file, start, .. } = &t.storage {
+                            file.release(start + from, start + to);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ModelError::Input("weight repacking thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    // Pages straddling two pieces are released now that both are done.
+    for n in &names {
+        if let Storage::Mapped { file, start, end } = &tensors[n].storage {
+            file.release(*start, *end);
+        }
     }
     let arena = Arc::new(Arena { map });
     for (n, start, end, packed) in places {

@@ -155,3 +155,44 @@ fn quantized_gguf_tensors_are_mapped_not_copied() {
     assert!(q >= 14, "expected quantized matrices, found {q}");
     assert!(ts.values().all(|t| t.is_mapped()));
 }
+
+/// Loading moves quantized matrices into the arena, repacking those with an interleaved
+/// layout; their GGUF bytes stay recoverable exactly and every row dequantizes as before.
+#[test]
+fn repacked_tensors_keep_their_gguf_bytes() {
+    use mideum_model::tensor::{move_to_arena, DType};
+    let path = root().join("testdata/models/tiny256-q4_k_m.gguf");
+    let g = mideum_model::gguf::GgufFile::open(&path).expect("open");
+    let before = g.tensors().expect("tensors");
+    let mut after = g.tensors().expect("tensors");
+    move_to_arena(&mut after, true, 2).expect("arena");
+    let mut packed = 0;
+    for (name, t) in &before {
+        let a = &after[name];
+        assert!(
+            !a.is_mapped() || !matches!(t.dtype, DType::Quant(_)),
+            "{name} still mapped"
+        );
+        assert_eq!(&*a.raw_bytes(), &*t.raw_bytes(), "{name}: bytes changed");
+        if matches!(a.view(), mideum_kernels::WeightView::Packed(..)) {
+            packed += 1;
+            let k = t.shape[1];
+            let (mut x, mut y) = (vec![0f32; k], vec![0f32; k]);
+            for r in [0, t.shape[0] / 2, t.shape[0] - 1] {
+                t.view().row_f32(r, k, &mut x);
+                a.view().row_f32(r, k, &mut y);
+                assert!(
+                    x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{name} row {r}"
+                );
+            }
+        }
+    }
+    // Every Q4_K/Q6_K matrix of the blocks has rows in whole groups of 8 (the 2,139-row
+    // embedding does not and stays in GGUF order).
+    assert!(packed >= 14, "expected repacked matrices, found {packed}");
+    assert!(matches!(
+        after["token_embd.weight"].view(),
+        mideum_kernels::WeightView::Quant(..)
+    ));
+}
