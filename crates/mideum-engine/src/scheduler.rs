@@ -401,8 +401,7 @@ impl Scheduler {
                         (shared, j)
                     })
                     .max();
-                if let Some((shared, j)) = best.filter(|&(shared, _)| shared > pos) {
-                    debug_assert!(shared > pos);
+                if let Some((_, j)) = best.filter(|&(shared, _)| shared > pos) {
                     let mut kv = std::mem::take(&mut self.running[i].kv);
                     added += self.pool.share_partial(
                         &self.running[j].kv,
