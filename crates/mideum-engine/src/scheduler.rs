@@ -6,11 +6,16 @@
 //! request whose receiver is dropped (client gone) is cancelled and its blocks freed at the next
 //! step, and when the cache runs out the newest sequence is preempted and later resumed from
 //! the prefix cache.
+//!
+//! A shared prefix is computed once even when several requests bring it at the same time: a
+//! prefilling sequence whose next tokens another running sequence (further ahead) is about to
+//! compute waits for it, then takes those positions from the cache (whole blocks) and from
+//! the other sequence's block in progress (a copy), and computes only its own tail.
 
 use crate::generate::{FinishReason, OutputText};
 use crate::metrics::Metrics;
 use crate::sampler::{Sampler, SamplingParams};
-use mideum_model::{BatchItem, KvPool, LoadedModel, Logits, SeqKv};
+use mideum_model::{BatchItem, KvPool, LoadedModel, Logits, SeqKv, BLOCK_TOKENS};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -373,7 +378,70 @@ impl Scheduler {
         }
     }
 
+    /// Brings every prefilling sequence that stands on a block boundary up to date with what
+    /// the others have computed since: cached whole blocks along its prompt, then a copy of
+    /// the partial block of the running sequence that shares the most of its next tokens.
+    fn catch_up(&mut self) {
+        for i in 0..self.running.len() {
+            let s = &mut self.running[i];
+            if s.tokens.len() - s.kv.len() <= 1 || !s.kv.len().is_multiple_of(BLOCK_TOKENS) {
+                continue;
+            }
+            let mut added = self.pool.extend_prefix(&mut s.kv, &s.tokens);
+            let pos = s.kv.len();
+            // A copy of part of a block ends the sequence off a block boundary, where it can
+            // no longer take whole blocks from the cache: not while a leader is still
+            // computing a block or more of its prompt.
+            if pos.is_multiple_of(BLOCK_TOKENS) && !self.waits_for_leader(i) {
+                let best = (0..self.running.len())
+                    .filter(|&j| j != i && self.running[j].kv.len() > pos)
+                    .map(|j| {
+                        let shared =
+                            common_prefix(self.running[j].kv.tokens(), &self.running[i].tokens);
+                        (shared, j)
+                    })
+                    .max();
+                if let Some((_, j)) = best.filter(|&(shared, _)| shared > pos) {
+                    let mut kv = std::mem::take(&mut self.running[i].kv);
+                    added += self.pool.share_partial(
+                        &self.running[j].kv,
+                        &mut kv,
+                        &self.running[i].tokens,
+                    );
+                    self.running[i].kv = kv;
+                }
+            }
+            let s = &mut self.running[i];
+            if s.generated.is_empty() {
+                s.cached_tokens += added;
+            }
+        }
+    }
+
+    /// Whether sequence `i` should skip this step because another running sequence ahead of
+    /// it is about to compute at least a block of the tokens `i` needs next; `i` then takes
+    /// them from the cache instead of computing them a second time. "Ahead" (more positions
+    /// computed, ties to the lower index) is a strict order, so the first sequence in it never
+    /// waits and waiting cannot go round in a circle; a leader that finishes, fails, is
+    /// cancelled or preempted stops being waited for at the next step.
+    fn waits_for_leader(&self, i: usize) -> bool {
+        let s = &self.running[i];
+        let pos = s.kv.len();
+        if !pos.is_multiple_of(BLOCK_TOKENS) {
+            return false;
+        }
+        self.running.iter().enumerate().any(|(j, o)| {
+            let done = o.kv.len();
+            if j == i || done < pos || (done == pos && j > i) {
+                return false;
+            }
+            let shared = common_prefix(&o.tokens, &s.tokens);
+            done < shared && shared >= pos + BLOCK_TOKENS
+        })
+    }
+
     fn step(&mut self) {
+        self.catch_up();
         // Plan: every sequence feeds its pending tokens; prefill chunks share the step budget.
         let mut budget = self.cfg.step_tokens.max(self.running.len());
         let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len()); // (index, n tokens)
@@ -386,7 +454,7 @@ impl Scheduler {
         }
         for i in 0..self.running.len() {
             let pending = self.running[i].tokens.len() - self.running[i].kv.len();
-            if pending > 1 && budget > 0 {
+            if pending > 1 && budget > 0 && !self.waits_for_leader(i) {
                 let n = pending.min(budget);
                 plan.push((i, n));
                 budget -= n;
@@ -410,6 +478,9 @@ impl Scheduler {
             );
             self.waiting.push_front(s);
             plan.retain(|&(i, _)| i != victim);
+        }
+        if plan.is_empty() {
+            return;
         }
         plan.sort_unstable_by_key(|&(i, _)| i);
         self.metrics
@@ -530,6 +601,21 @@ impl Scheduler {
             self.finish(s, reason);
         }
     }
+}
+
+/// Length of the common start of `a` and `b`.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    let n = a.len().min(b.len());
+    // Whole runs compare as memory first; a long shared system prompt is the common case.
+    const RUN: usize = 64;
+    let mut i = 0;
+    while i + RUN <= n && a[i..i + RUN] == b[i..i + RUN] {
+        i += RUN;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
 }
 
 /// The log-probability of `id` under `logits` and the `k` most likely tokens.

@@ -5,7 +5,10 @@
 //! recomputing them. Unreferenced cached blocks are evicted least-recently-used first.
 //!
 //! Only full blocks are ever shared, and a sequence only writes into its last, partial block,
-//! so shared blocks are read-only without copy-on-write.
+//! so shared blocks are read-only without copy-on-write. A prompt that shares only the first
+//! `m < BLOCK_TOKENS` tokens of a cached block (a system prompt that ends mid-block, followed
+//! by another conversation's tokens) gets a private copy of that block and counts those `m`
+//! positions as reused; the copy is registered only once its owner fills it.
 //!
 //! Keys and values are stored as f16 by default (half the bytes of f32: decode at depth reads
 //! half as much, and a memory budget holds twice the tokens); f32 stays selectable. Inside a
@@ -84,7 +87,10 @@ pub struct KvStats {
     pub blocks_in_use: usize,
     pub blocks_cached: usize,
     pub prefix_lookup_tokens: u64,
+    /// Prompt positions taken from the cache instead of computed (full and partial blocks).
     pub prefix_hit_tokens: u64,
+    /// The part of `prefix_hit_tokens` that came from copying the first positions of a block.
+    pub prefix_partial_hit_tokens: u64,
 }
 
 /// The element type of the KV cache.
@@ -176,11 +182,15 @@ pub struct KvPool {
     last_used: Vec<u64>,
     free: Vec<BlockId>,
     map: HashMap<PrefixKey, BlockId>,
+    /// Registered blocks by the chain hash of the prefix before them: the candidates for a
+    /// partial-block match after a run of full blocks.
+    children: HashMap<u64, Vec<BlockId>>,
     /// Registered blocks nobody references, by last use: the eviction order.
     evictable: BTreeMap<(u64, BlockId), ()>,
     tick: u64,
     lookup_tokens: u64,
     hit_tokens: u64,
+    partial_hit_tokens: u64,
 }
 
 impl KvPool {
@@ -207,10 +217,12 @@ impl KvPool {
             last_used: Vec::new(),
             free: Vec::new(),
             map: HashMap::new(),
+            children: HashMap::new(),
             evictable: BTreeMap::new(),
             tick: 0,
             lookup_tokens: 0,
             hit_tokens: 0,
+            partial_hit_tokens: 0,
         }
     }
 
@@ -252,6 +264,7 @@ impl KvPool {
             blocks_cached: self.evictable.len(),
             prefix_lookup_tokens: self.lookup_tokens,
             prefix_hit_tokens: self.hit_tokens,
+            prefix_partial_hit_tokens: self.partial_hit_tokens,
         }
     }
 
@@ -278,9 +291,7 @@ impl KvPool {
             b
         } else if let Some((&(t, b), _)) = self.evictable.iter().next() {
             self.evictable.remove(&(t, b));
-            if let Some(k) = self.key_of[b as usize].take() {
-                self.map.remove(&k);
-            }
+            self.unregister(b);
             b
         } else {
             return Err(ModelError::KvCacheFull {
@@ -293,31 +304,175 @@ impl KvPool {
         Ok(b)
     }
 
+    /// Removes `b` from the prefix cache (both indexes), if it is registered.
+    fn unregister(&mut self, b: BlockId) {
+        let Some(k) = self.key_of[b as usize].take() else {
+            return;
+        };
+        self.map.remove(&k);
+        if let Some(v) = self.children.get_mut(&k.parent) {
+            v.retain(|&c| c != b);
+            if v.is_empty() {
+                self.children.remove(&k.parent);
+            }
+        }
+    }
+
+    /// Takes a reference to `b`, taking it off the eviction list if it was unreferenced.
+    fn acquire(&mut self, b: BlockId) {
+        if self.refcount[b as usize] == 0 {
+            self.evictable.remove(&(self.last_used[b as usize], b));
+        }
+        self.refcount[b as usize] += 1;
+        self.touch(b);
+    }
+
+    /// Drops one reference to `b`; an unreferenced block stays cached if registered.
+    fn drop_ref(&mut self, b: BlockId) {
+        let r = &mut self.refcount[b as usize];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            if self.key_of[b as usize].is_some() {
+                self.evictable.insert((self.last_used[b as usize], b), ());
+            } else {
+                self.free.push(b);
+            }
+        }
+    }
+
     /// Starts `seq` (which must be empty) with the longest cached prefix of `prompt`, keeping
     /// at least one prompt token to compute (its logits are needed). Returns the number of
     /// prompt tokens reused.
     pub fn attach_prefix(&mut self, seq: &mut SeqKv, prompt: &[u32]) -> usize {
         debug_assert!(seq.is_empty());
+        self.lookup_tokens += prompt.len() as u64;
+        self.extend_prefix(seq, prompt)
+    }
+
+    /// Extends `seq`, whose tokens are the start of `prompt` and whose length is a whole number
+    /// of blocks, with the cached blocks that continue it along `prompt`: first whole blocks,
+    /// then a copy of a cached block that starts with the next `m < BLOCK_TOKENS` prompt
+    /// tokens. At least one prompt token is always left to compute. Returns the number of
+    /// positions added (0 when `seq` is not block-aligned or does not start `prompt`).
+    pub fn extend_prefix(&mut self, seq: &mut SeqKv, prompt: &[u32]) -> usize {
+        let start = seq.len();
+        if !start.is_multiple_of(BLOCK_TOKENS)
+            || start >= prompt.len()
+            || prompt[..start] != seq.tokens[..]
+        {
+            return 0;
+        }
+        // Blocks reserved past the end hold nothing yet: give them back so that cached
+        // blocks can take their places.
+        while seq.blocks.len() > start / BLOCK_TOKENS {
+            if let Some(b) = seq.blocks.pop() {
+                self.drop_ref(b);
+            }
+        }
         let usable = prompt.len().saturating_sub(1) / BLOCK_TOKENS;
-        let mut parent = 0u64;
-        for chunk in prompt.chunks_exact(BLOCK_TOKENS).take(usable) {
+        let mut parent = seq.chain.last().copied().unwrap_or(0);
+        for chunk in prompt
+            .chunks_exact(BLOCK_TOKENS)
+            .take(usable)
+            .skip(start / BLOCK_TOKENS)
+        {
             let mut tokens = [0u32; BLOCK_TOKENS];
             tokens.copy_from_slice(chunk);
             let key = PrefixKey { parent, tokens };
             let Some(&b) = self.map.get(&key) else { break };
-            if self.refcount[b as usize] == 0 {
-                self.evictable.remove(&(self.last_used[b as usize], b));
-            }
-            self.refcount[b as usize] += 1;
-            self.touch(b);
+            self.acquire(b);
             parent = chain_hash(parent, chunk);
             seq.blocks.push(b);
             seq.chain.push(parent);
             seq.tokens.extend_from_slice(chunk);
         }
-        self.lookup_tokens += prompt.len() as u64;
-        self.hit_tokens += seq.len() as u64;
-        seq.len()
+        let m = self.copy_partial(seq, prompt, parent);
+        self.hit_tokens += (seq.len() - start) as u64;
+        self.partial_hit_tokens += m as u64;
+        seq.len() - start
+    }
+
+    /// After the whole blocks of `seq` (chain hash `parent`), finds the registered block after
+    /// `parent` that shares the longest run of the next prompt tokens (at most
+    /// `BLOCK_TOKENS - 1`, and never the last prompt token), and gives `seq` a private copy of
+    /// it holding that run. Returns the run's length (0 when nothing matches or no block is
+    /// free for the copy).
+    fn copy_partial(&mut self, seq: &mut SeqKv, prompt: &[u32], parent: u64) -> usize {
+        let pos = seq.len();
+        let want = (BLOCK_TOKENS - 1).min(prompt.len().saturating_sub(pos + 1));
+        if want == 0 {
+            return 0;
+        }
+        let next = &prompt[pos..pos + want];
+        let Some((src, m)) = self.children.get(&parent).and_then(|cands| {
+            cands
+                .iter()
+                .filter_map(|&b| {
+                    let key = self.key_of[b as usize].as_ref()?;
+                    let m = key
+                        .tokens
+                        .iter()
+                        .zip(next)
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    (m > 0).then_some((b, m))
+                })
+                .max_by_key(|&(_, m)| m)
+        }) else {
+            return 0;
+        };
+        // Hold the source so that taking a block for the copy cannot evict it.
+        self.acquire(src);
+        let copied = match self.take_block() {
+            Ok(fresh) => {
+                self.storage.copy_block(src as usize, fresh as usize);
+                seq.blocks.push(fresh);
+                seq.tokens.extend_from_slice(&next[..m]);
+                m
+            }
+            Err(_) => 0,
+        };
+        self.drop_ref(src);
+        copied
+    }
+
+    /// Gives `dst` (block-aligned, its tokens the start of `prompt`) a private copy of the block
+    /// that `src` has at the same place, when `src`'s computed positions there continue with
+    /// the next prompt tokens: how a sequence reuses what another running sequence computed
+    /// into a block that is not full (so not cached) yet. Takes at most `BLOCK_TOKENS - 1`
+    /// positions and never the last prompt token. Returns the positions added.
+    pub fn share_partial(&mut self, src: &SeqKv, dst: &mut SeqKv, prompt: &[u32]) -> usize {
+        let pos = dst.len();
+        let bi = pos / BLOCK_TOKENS;
+        if !pos.is_multiple_of(BLOCK_TOKENS)
+            || dst.blocks.len() != bi
+            || src.len() <= pos
+            || src.blocks.len() <= bi
+            || prompt.len() <= pos + 1
+            || src.tokens[..pos] != dst.tokens[..]
+            || prompt[..pos] != dst.tokens[..]
+        {
+            return 0;
+        }
+        let want = (BLOCK_TOKENS - 1).min(prompt.len() - pos - 1);
+        let m = src.tokens[pos..]
+            .iter()
+            .zip(&prompt[pos..pos + want])
+            .take_while(|(a, b)| a == b)
+            .count();
+        if m == 0 {
+            return 0;
+        }
+        let from = src.blocks[bi];
+        let Ok(fresh) = self.take_block() else {
+            return 0;
+        };
+        self.storage.copy_block(from as usize, fresh as usize);
+        dst.blocks.push(fresh);
+        dst.tokens.extend_from_slice(&prompt[pos..pos + m]);
+        self.hit_tokens += m as u64;
+        self.partial_hit_tokens += m as u64;
+        m
     }
 
     /// Makes room in `seq` for `n` more positions.
@@ -354,6 +509,7 @@ impl KvPool {
             let b = seq.blocks[bi];
             if self.key_of[b as usize].is_none() && !self.map.contains_key(&key) {
                 self.map.insert(key.clone(), b);
+                self.children.entry(parent).or_default().push(b);
                 self.key_of[b as usize] = Some(key);
             }
             seq.chain.push(chain_hash(parent, chunk));
@@ -362,17 +518,10 @@ impl KvPool {
 
     /// Gives back every block of `seq`; cached ones stay reusable until evicted.
     pub fn release(&mut self, seq: &mut SeqKv) {
-        for b in seq.blocks.drain(..) {
-            let r = &mut self.refcount[b as usize];
-            *r = r.saturating_sub(1);
-            if *r == 0 {
-                if self.key_of[b as usize].is_some() {
-                    self.evictable.insert((self.last_used[b as usize], b), ());
-                } else {
-                    self.free.push(b);
-                }
-            }
+        for i in 0..seq.blocks.len() {
+            self.drop_ref(seq.blocks[i]);
         }
+        seq.blocks.clear();
         seq.tokens.clear();
         seq.chain.clear();
     }
@@ -398,8 +547,8 @@ impl KvPool {
                 self.storage.copy_block(last as usize, fresh as usize);
                 self.refcount[last as usize] -= 1;
                 seq.blocks[keep - 1] = fresh;
-            } else if let Some(k) = self.key_of[last as usize].take() {
-                self.map.remove(&k);
+            } else {
+                self.unregister(last);
             }
         }
         seq.tokens.truncate(len);
@@ -491,9 +640,11 @@ mod tests {
         let mut b = SeqKv::default();
         assert_eq!(pool.attach_prefix(&mut b, &prompt), 32);
         assert_eq!(b.blocks[..2], a.blocks[..2]);
-        // A prompt of exactly 32 tokens reuses only one block: the last token must be computed.
+        // A prompt of exactly 32 tokens reuses one block and a copy of 15 positions of the
+        // next: the last token must be computed.
         let mut c = SeqKv::default();
-        assert_eq!(pool.attach_prefix(&mut c, &prompt[..32]), 16);
+        assert_eq!(pool.attach_prefix(&mut c, &prompt[..32]), 31);
+        assert_ne!(c.blocks[1], a.blocks[1]);
         pool.release(&mut a);
         pool.release(&mut b);
         pool.release(&mut c);
@@ -626,5 +777,207 @@ mod tests {
         pb.extend(16..33);
         let mut b = SeqKv::default();
         assert_eq!(pool.attach_prefix(&mut b, &pb), 0);
+    }
+
+    /// Writes a value unique to (layer, position, element) for `pos` in `range` of `seq`.
+    fn write_marks(pool: &mut KvPool, seq: &SeqKv, range: std::ops::Range<usize>, salt: f32) {
+        let kv_dim = pool.kv_dim();
+        for l in 0..pool.layers {
+            for pos in range.clone() {
+                let k: Vec<f32> = (0..kv_dim)
+                    .map(|e| salt + (l * 10_000 + pos * 10 + e) as f32)
+                    .collect();
+                let v: Vec<f32> = k.iter().map(|x| -x).collect();
+                pool.write(seq, l, pos, &k, &v);
+            }
+        }
+    }
+
+    fn all_rows(pool: &KvPool, seq: &SeqKv, pos: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let mut out = Vec::new();
+        for l in 0..pool.layers {
+            for h in 0..pool.n_kv_heads {
+                out.push(head_vals(pool, seq, l, pos, h));
+            }
+        }
+        out
+    }
+
+    /// A sequence holding `tokens`, each position marked by `write_marks`.
+    fn computed(pool: &mut KvPool, tokens: &[u32], salt: f32) -> SeqKv {
+        let mut s = SeqKv::default();
+        pool.reserve(&mut s, tokens.len()).unwrap();
+        write_marks(pool, &s, 0..tokens.len(), salt);
+        pool.commit(&mut s, tokens);
+        s
+    }
+
+    fn assert_no_leak(pool: &KvPool) {
+        assert_eq!(pool.stats().blocks_in_use, 0);
+        assert_eq!(pool.available_blocks(), pool.max_blocks());
+        assert_eq!(
+            pool.free.len() + pool.evictable.len(),
+            pool.storage.len(),
+            "every allocated block is free or evictable"
+        );
+        let registered = pool.key_of.iter().filter(|k| k.is_some()).count();
+        assert_eq!(pool.map.len(), registered);
+        assert_eq!(
+            pool.children.values().map(Vec::len).sum::<usize>(),
+            registered
+        );
+    }
+
+    #[test]
+    fn a_prefix_ending_mid_block_reuses_a_copy_of_the_cached_block() {
+        let mut pool = KvPool::new(2, 2, 4, 16, KvType::F32);
+        // Conversation A: a 20-token "system prompt" then its own tokens, 40 in all.
+        let mut pa: Vec<u32> = (0..20).collect();
+        pa.extend(500..520);
+        let mut a = computed(&mut pool, &pa, 0.0);
+        // Conversation B shares only the 20-token prefix: one full block and 4 positions of
+        // A's second block.
+        let mut pb: Vec<u32> = (0..20).collect();
+        pb.extend(900..915);
+        let mut b = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut b, &pb), 20);
+        assert_eq!(pool.stats().prefix_partial_hit_tokens, 4);
+        assert_eq!(b.tokens(), &pb[..20]);
+        assert_eq!(b.blocks[0], a.blocks[0], "the full block is shared");
+        assert_ne!(
+            b.blocks[1], a.blocks[1],
+            "the partial block is a private copy"
+        );
+        for pos in 0..20 {
+            assert_eq!(all_rows(&pool, &b, pos), all_rows(&pool, &a, pos));
+        }
+        // B writes its own tokens after the copied positions; A's block is untouched.
+        let before: Vec<_> = (16..32).map(|p| all_rows(&pool, &a, p)).collect();
+        pool.reserve(&mut b, 15).unwrap();
+        write_marks(&mut pool, &b, 20..35, 0.25);
+        pool.commit(&mut b, &pb[20..]);
+        let after: Vec<_> = (16..32).map(|p| all_rows(&pool, &a, p)).collect();
+        assert_eq!(before, after);
+        assert_ne!(all_rows(&pool, &b, 20), all_rows(&pool, &a, 20));
+        // B's block filled with its own tokens is registered under B's history.
+        let mut c = SeqKv::default();
+        let mut pc = pb.clone();
+        pc.push(7);
+        assert_eq!(pool.attach_prefix(&mut c, &pc), 32);
+        pool.release(&mut a);
+        pool.release(&mut b);
+        pool.release(&mut c);
+        assert_no_leak(&pool);
+    }
+
+    #[test]
+    fn a_prompt_ending_on_a_block_boundary_reuses_all_but_its_last_token() {
+        let mut pool = KvPool::new(1, 1, 4, 8, KvType::F16);
+        let p: Vec<u32> = (0..48).collect();
+        let mut a = computed(&mut pool, &p, 0.0);
+        // Whole blocks stop one block early (the last token must be computed); the copy takes
+        // 15 of the next block's 16 positions.
+        let mut b = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut b, &p[..32]), 31);
+        assert_ne!(b.blocks[1], a.blocks[1]);
+        let mut c = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut c, &p[..2]), 1);
+        // Nothing to share: a different first token.
+        let mut d = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut d, &[77, 1, 2]), 0);
+        for s in [&mut a, &mut b, &mut c, &mut d] {
+            pool.release(s);
+        }
+        assert_no_leak(&pool);
+    }
+
+    #[test]
+    fn the_copy_never_evicts_its_source_and_eviction_updates_the_index() {
+        // Two blocks in all: after A is released both are cached, and B holds the first, so
+        // the only block it could take for the copy is the source itself.
+        let mut pool = KvPool::new(1, 1, 4, 2, KvType::F16);
+        let p: Vec<u32> = (0..32).collect();
+        let mut a = computed(&mut pool, &p, 0.0);
+        pool.release(&mut a);
+        let mut q: Vec<u32> = (0..20).collect();
+        q.push(99);
+        let mut b = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut b, &q), 16, "no room for a copy");
+        pool.release(&mut b);
+        assert_no_leak(&pool);
+        // Another prompt evicts both cached blocks; the partial index must forget them.
+        let other: Vec<u32> = (1000..1032).collect();
+        let mut o = computed(&mut pool, &other, 0.0);
+        pool.release(&mut o);
+        let mut e = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut e, &q), 0);
+        pool.release(&mut e);
+        assert_no_leak(&pool);
+    }
+
+    #[test]
+    fn truncation_removes_a_block_from_the_partial_index() {
+        let mut pool = KvPool::new(1, 1, 4, 8, KvType::F16);
+        let p: Vec<u32> = (0..40).collect();
+        let mut a = computed(&mut pool, &p, 0.0);
+        pool.truncate(&mut a, 20).unwrap();
+        // Block 1 now holds 4 positions that will be overwritten: not a candidate any more.
+        let mut q: Vec<u32> = (0..20).collect();
+        q.push(99);
+        let mut b = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut b, &q), 16);
+        pool.release(&mut a);
+        pool.release(&mut b);
+        assert_no_leak(&pool);
+    }
+
+    #[test]
+    fn followers_extend_from_the_cache_and_from_a_running_block() {
+        let mut pool = KvPool::new(1, 2, 4, 16, KvType::F32);
+        let mut lead: Vec<u32> = (0..37).collect();
+        lead.extend(600..605);
+        let mut follow: Vec<u32> = (0..37).collect();
+        follow.extend(700..710);
+        // The leader has computed 20 positions so far: only its first block is cached.
+        let mut a = SeqKv::default();
+        pool.reserve(&mut a, 20).unwrap();
+        write_marks(&mut pool, &a, 0..20, 0.0);
+        pool.commit(&mut a, &lead[..20]);
+        let mut f = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut f, &follow), 16);
+        assert_eq!(pool.extend_prefix(&mut f, &follow), 0, "nothing new yet");
+        // The leader computes the rest of its prompt: two full blocks and 10 positions.
+        pool.reserve(&mut a, 22).unwrap();
+        write_marks(&mut pool, &a, 20..42, 0.0);
+        pool.commit(&mut a, &lead[20..]);
+        // A block reserved but not written is given back to make room for the cached one.
+        pool.reserve(&mut f, 1).unwrap();
+        assert_eq!(pool.extend_prefix(&mut f, &follow), 16);
+        assert_eq!(f.len(), 32);
+        // The leader's third block is not full, so not cached: copy it from the leader.
+        let hits = pool.stats().prefix_hit_tokens;
+        assert_eq!(pool.share_partial(&a, &mut f, &follow), 5);
+        assert_eq!(pool.stats().prefix_hit_tokens, hits + 5);
+        assert_eq!(f.tokens(), &follow[..37]);
+        assert_ne!(f.blocks[2], a.blocks[2]);
+        for pos in 0..37 {
+            assert_eq!(all_rows(&pool, &f, pos), all_rows(&pool, &a, pos));
+        }
+        // Not block-aligned any more: neither kind of extension applies.
+        assert_eq!(pool.share_partial(&a, &mut f, &follow), 0);
+        assert_eq!(pool.extend_prefix(&mut f, &follow), 0);
+        // A prompt that leaves the leader's tokens earlier copies fewer positions; one with
+        // another history copies nothing.
+        let mut follow2 = follow.clone();
+        follow2[34] = 1234;
+        let mut g = SeqKv::default();
+        assert_eq!(pool.attach_prefix(&mut g, &follow2), 32);
+        assert_eq!(pool.share_partial(&a, &mut g, &follow2), 2);
+        let mut z = SeqKv::default();
+        assert_eq!(pool.share_partial(&a, &mut z, &[5, 6, 7]), 0);
+        for s in [&mut a, &mut f, &mut g, &mut z] {
+            pool.release(s);
+        }
+        assert_no_leak(&pool);
     }
 }
