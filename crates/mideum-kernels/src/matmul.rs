@@ -302,11 +302,7 @@ fn dispatch_quant(
         if *n == 0 {
             continue;
         }
-        let per_task = if t == 1 {
-            (*n / (pool.n_threads() * 8)).clamp(1, 256)
-        } else {
-            16
-        };
+        let per_task = if t == 1 { DEC_TASK_ROWS } else { 16 };
         let task0 = n_tasks;
         n_tasks += n.div_ceil(per_task);
         *slot = Some(QJob {
@@ -319,7 +315,7 @@ fn dispatch_quant(
         });
     }
     let jobs = &jobs;
-    pool.for_each(n_tasks, &|task| {
+    let run = |task: usize| {
         // The job whose task range holds `task`: the last one starting at or before it.
         let Some(job) = jobs.iter().flatten().take_while(|j| j.task0 <= task).last() else {
             return;
@@ -328,8 +324,21 @@ fn dispatch_quant(
         let j0 = (task - job.task0) * job.per_task;
         let j1 = (j0 + job.per_task).min(job.n);
         run_rows(qk, job, act, k, t, j0, j1);
-    });
+    };
+    if t == 1 {
+        // Decode: each thread streams one contiguous stretch of weight rows (the hardware
+        // prefetchers and the kernels' software prefetch run ahead within it); small tasks
+        // let a thread that finishes early take over the end of the other's stretch.
+        pool.for_each_static(n_tasks, &run);
+    } else {
+        pool.for_each(n_tasks, &run);
+    }
 }
+
+/// Weight rows per task in the decode (one activation row) dispatch: a multiple of
+/// [`DEC_RW`], small enough (~16 KiB of Q4_K) that the end of a loop balances within a
+/// microsecond or two.
+const DEC_TASK_ROWS: usize = 16;
 
 /// Weight rows side by side in the decode (one activation row) micro-kernel.
 const DEC_RW: usize = 4;
