@@ -45,7 +45,7 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
         }
         std::hint::spin_loop();
         spins = spins.wrapping_add(1);
-        if spins % SPIN_CHECK == 0 && start.elapsed() > SPIN_IDLE {
+        if spins.is_multiple_of(SPIN_CHECK) && start.elapsed() > SPIN_IDLE {
             return false;
         }
     }
