@@ -10,7 +10,7 @@
 //! loop.
 //!
 //! Between loops the workers spin on a generation counter for [`SPIN_IDLE`] before they sleep,
-//! so the ~250 back-to-back loops of a forward pass never wait for a futex wake-up.
+//! which bridges the short single-threaded steps between the ~250 loops of a forward pass.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
@@ -23,13 +23,16 @@ use std::time::{Duration, Instant};
 type Job = dyn Fn(usize) + Sync;
 
 /// How long an idle thread spins (workers waiting for the next loop, the caller waiting for
-/// the workers to finish) before it sleeps on a futex: longer than the gaps between the loops
-/// of one forward pass (single-threaded steps of tens of microseconds), so that a forward pass
-/// never pays for a wake-up (a futex wake and, in a VM, an inter-processor interrupt to a
-/// halted vCPU), and short enough that a spinning thread gives little CPU time away when more
-/// threads want the cores than there are. Spinning threads do not yield: a thread that yields
-/// loses its place to whatever else runs on its core, while a sleeping one is woken promptly.
-pub const SPIN_IDLE: Duration = Duration::from_micros(300);
+/// the workers to finish) before it sleeps on a futex. Measured in time, not iterations (the
+/// old pool's 1,024 `pause`s were ~36 µs here and would be a few µs on a CPU whose `pause`
+/// is short). Long enough to bridge the single-threaded steps between the loops of one
+/// forward pass (SwiGLU, the longest, is ~25 µs here). Not longer: with more runnable threads
+/// than cores (builds next to the server), decode measured here at 2 threads was ~25% slower
+/// with a 300 µs spin than with 30 µs, since a spinning thread burns the time slice (and, under
+/// a fair scheduler, the share) that a thread with work needs. Spinning threads do not yield:
+/// that was slower still (a yielding thread loses its place to whatever else runs on its core,
+/// a sleeping one is woken promptly).
+pub const SPIN_IDLE: Duration = Duration::from_micros(50);
 
 /// Spin iterations between two reads of the clock while spinning (~2 µs of `pause`).
 const SPIN_CHECK: u32 = 64;
