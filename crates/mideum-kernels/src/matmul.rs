@@ -327,13 +327,8 @@ fn dispatch_quant(
         if *n == 0 {
             continue;
         }
-        let per_task = match (packed.is_some(), t == 1) {
-            // Whole groups of packed rows per task.
-            (true, true) => (*n / (pool.n_threads() * 8)).clamp(8, 256) / 8 * 8,
-            (true, false) => 16,
-            (false, true) => (*n / (pool.n_threads() * 8)).clamp(1, 256),
-            (false, false) => 16,
-        };
+        // Both multiples of the packed layouts' 8-row groups.
+        let per_task = if t == 1 { DEC_TASK_ROWS } else { 16 };
         let task0 = n_tasks;
         n_tasks += n.div_ceil(per_task);
         *slot = Some(QJob {
@@ -347,7 +342,7 @@ fn dispatch_quant(
         });
     }
     let jobs = &jobs;
-    pool.for_each(n_tasks, &|task| {
+    let run = |task: usize| {
         // The job whose task range holds `task`: the last one starting at or before it.
         let Some(job) = jobs.iter().flatten().take_while(|j| j.task0 <= task).last() else {
             return;
@@ -359,8 +354,21 @@ fn dispatch_quant(
             Some(p) => run_packed(pk, p, job, act, k, t, j0, j1),
             None => run_rows(qk, job, act, k, t, j0, j1),
         }
-    });
+    };
+    if t == 1 {
+        // Decode: each thread streams one contiguous stretch of weight rows (the hardware
+        // prefetchers and the kernels' software prefetch run ahead within it); small tasks
+        // let a thread that finishes early take over the end of the other's stretch.
+        pool.for_each_static(n_tasks, &run);
+    } else {
+        pool.for_each(n_tasks, &run);
+    }
 }
+
+/// Weight rows per task in the decode (one activation row) dispatch: a multiple of
+/// [`DEC_RW`], small enough (~16 KiB of Q4_K) that the end of a loop balances within a
+/// microsecond or two.
+const DEC_TASK_ROWS: usize = 16;
 
 /// Activation rows per packed micro-kernel call in the many-rows path.
 const PACKED_RA: usize = 4;
