@@ -26,9 +26,9 @@ type Job = dyn Fn(usize) + Sync;
 /// the workers to finish) before it sleeps on a futex. Measured in time, not iterations (the
 /// old pool's 1,024 `pause`s were ~36 µs here and would be a few µs on a CPU whose `pause`
 /// is short). Long enough to bridge the single-threaded steps between the loops of one
-/// forward pass (SwiGLU, the longest, is ~25 µs here). Not longer: with more runnable threads
-/// than cores (builds next to the server), decode measured here at 2 threads was ~25% slower
-/// with a 300 µs spin than with 30 µs, since a spinning thread burns the time slice (and, under
+/// forward pass (SwiGLU, likely the longest, estimated at tens of µs, not timed). Not longer:
+/// with more runnable threads than cores (builds next to the server), decode measured here at
+/// 2 threads was ~25% slower with a 300 µs spin than with 30 µs, since a spinning thread burns the time slice (and, under
 /// a fair scheduler, the share) that a thread with work needs. Spinning threads do not yield:
 /// that was slower still (a yielding thread loses its place to whatever else runs on its core,
 /// a sleeping one is woken promptly).
