@@ -79,7 +79,10 @@ fn warm_decode_steps_allocate_nothing() {
                 .expect("prefill");
             argmax(lg.get(0))
         };
-        for _ in 0..2 {
+        // Enough warm-up steps that each pool thread has run every kind of task at least once
+        // (thread-local scratch grows on a thread's first use; which thread takes which task
+        // varies with load).
+        for _ in 0..16 {
             let lg = m
                 .forward_cached(&[next], &mut cache, Logits::Last)
                 .expect("warm-up");
@@ -121,7 +124,7 @@ fn warm_decode_steps_allocate_nothing() {
         };
         step(&mut seqs, &prompts, &mut nexts);
         let mut toks: Vec<Vec<u32>> = nexts.iter().map(|&n| vec![n]).collect();
-        for _ in 0..2 {
+        for _ in 0..16 {
             step(&mut seqs, &toks, &mut nexts);
             for (t, &n) in toks.iter_mut().zip(&nexts) {
                 t[0] = n;
