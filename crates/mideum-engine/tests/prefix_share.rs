@@ -4,44 +4,19 @@
 //! leader that goes away does not leave the others waiting. Outputs always equal each request
 //! run alone at temperature 0.
 
+mod common;
+
+use common::{load, request};
 use mideum_engine::{
-    generate, Engine, EngineConfig, Event, FinishReason, GenerateRequest, Request, SamplingParams,
-    Session, Usage,
+    generate, Engine, EngineConfig, Event, FinishReason, GenerateRequest, SamplingParams, Session,
+    Usage,
 };
-use mideum_model::{LoadOptions, LoadedModel};
-use std::path::PathBuf;
+use mideum_model::LoadedModel;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::UnboundedReceiver;
-
-fn load() -> Arc<LoadedModel> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/models/tiny-mini");
-    Arc::new(
-        LoadedModel::load(
-            &p,
-            &LoadOptions {
-                threads: 2,
-                ctx_size: Some(1024),
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    )
-}
-
-fn request(prompt: Vec<u32>, n: usize) -> Request {
-    Request {
-        prompt_ids: prompt,
-        max_tokens: n,
-        sampling: SamplingParams::default(),
-        stop: vec![],
-        ignore_eos: true,
-        logprobs: None,
-        deadline: None,
-    }
-}
 
 /// Greedy output of `prompt` computed alone, in a fresh session (no cache to reuse).
 fn alone(m: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -142,7 +117,7 @@ fn computed(e: &Engine) -> u64 {
 
 #[test]
 fn a_prefix_ending_mid_block_is_not_recomputed() {
-    let m = load();
+    let m = load("tiny-mini", 1024);
     let e = engine(&m, 64);
     // 70 tokens: four whole blocks and 6 positions of the fifth.
     let sys = system_prompt(&m, 70);
@@ -176,7 +151,7 @@ fn a_prefix_ending_mid_block_is_not_recomputed() {
 
 #[test]
 fn concurrent_requests_compute_a_shared_cold_prefix_once() {
-    let m = load();
+    let m = load("tiny-mini", 1024);
     // The server's default step budget: enough for the first request's whole prompt and the
     // start of the next, which would then compute the prefix a second time.
     let e = engine(&m, 256);
@@ -210,7 +185,7 @@ fn concurrent_requests_compute_a_shared_cold_prefix_once() {
 
 #[test]
 fn followers_finish_when_the_leader_is_cancelled_mid_prefill() {
-    let m = load();
+    let m = load("tiny-mini", 1024);
     // Small steps: the leader needs ~100 of them for its prefix, so it is cancelled midway.
     let e = engine(&m, 4);
     let sys = system_prompt(&m, 400);

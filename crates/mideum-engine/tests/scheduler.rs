@@ -2,44 +2,16 @@
 //! away free their sequences, a full queue refuses instead of growing, and a small cache
 //! preempts and resumes without changing results.
 
+mod common;
+
+use common::{load, request};
 use mideum_engine::{
-    generate, Engine, EngineConfig, Event, FinishReason, GenerateRequest, Request, SamplingParams,
-    Session, SubmitError,
+    generate, Engine, EngineConfig, Event, FinishReason, GenerateRequest, SamplingParams, Session,
+    SubmitError,
 };
-use mideum_model::{LoadOptions, LoadedModel};
-use std::path::PathBuf;
+use mideum_model::LoadedModel;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn load(rel: &str) -> Arc<LoadedModel> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/models")
-        .join(rel);
-    Arc::new(
-        LoadedModel::load(
-            &p,
-            &LoadOptions {
-                threads: 2,
-                ctx_size: Some(256),
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    )
-}
-
-fn request(prompt: Vec<u32>, n: usize) -> Request {
-    Request {
-        prompt_ids: prompt,
-        max_tokens: n,
-        sampling: SamplingParams::default(),
-        stop: vec![],
-        ignore_eos: true,
-        logprobs: None,
-        deadline: None,
-    }
-}
 
 /// Collects a request's tokens and how it ended.
 fn collect(
@@ -88,7 +60,7 @@ fn prompts(m: &LoadedModel, n: usize) -> Vec<Vec<u32>> {
 
 #[test]
 fn sixteen_concurrent_requests_match_running_alone() {
-    let m = load("tiny-mini");
+    let m = load("tiny-mini", 256);
     let ps = prompts(&m, 16);
     let alone: Vec<Vec<u32>> = ps
         .iter()
@@ -135,7 +107,7 @@ fn sixteen_concurrent_requests_match_running_alone() {
 
 #[test]
 fn a_small_cache_preempts_and_resumes_with_the_same_output() {
-    let m = load("tiny-mini");
+    let m = load("tiny-mini", 256);
     let ps = prompts(&m, 6);
     let engine = Engine::start(
         m.clone(),
@@ -172,7 +144,7 @@ fn a_small_cache_preempts_and_resumes_with_the_same_output() {
 
 #[test]
 fn dropped_receivers_cancel_and_free_blocks() {
-    let m = load("tiny-mini");
+    let m = load("tiny-mini", 256);
     let engine = Engine::start(
         m.clone(),
         "tiny",
@@ -208,7 +180,7 @@ fn dropped_receivers_cancel_and_free_blocks() {
 
 #[test]
 fn full_queue_refuses_and_bad_requests_are_rejected() {
-    let m = load("tiny-mini");
+    let m = load("tiny-mini", 256);
     let engine = Engine::start(
         m.clone(),
         "tiny",
@@ -247,7 +219,7 @@ fn full_queue_refuses_and_bad_requests_are_rejected() {
 
 #[test]
 fn shared_prefix_is_computed_once_and_stop_strings_and_deadlines_work() {
-    let m = load("tiny-mini");
+    let m = load("tiny-mini", 256);
     let engine = Engine::start(m.clone(), "tiny", EngineConfig::default());
     let mut sys: Vec<u32> = m
         .tokenizer

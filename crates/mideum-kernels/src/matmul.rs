@@ -305,6 +305,20 @@ fn check_multi(k: usize, mats: &[(WeightView<'_>, usize, &mut [f32])]) -> [bool;
     need
 }
 
+impl QJob<'_> {
+    /// Writes `v` to output row `tt` at columns `j..j + v.len()`.
+    ///
+    /// # Safety
+    /// The calling task owns those columns of every output row (tasks cover disjoint column
+    /// ranges `j0..j1`, and callers only write inside their own).
+    #[inline]
+    unsafe fn put(&self, tt: usize, j: usize, v: &[f32]) {
+        let at = tt * self.n + j;
+        // SAFETY: disjointness is the caller's contract; `range` checks the bounds.
+        unsafe { self.out.range(at, at + v.len()) }.copy_from_slice(v);
+    }
+}
+
 /// Runs every quantized matrix of `mats` against the quantized activations in one dispatch.
 fn dispatch_quant(
     pool: &ThreadPool,
@@ -389,15 +403,9 @@ fn run_packed(
 ) {
     let kind = job.qt.act_kind();
     let gb = layout.group_bytes(k);
-    let n = job.n;
-    let dst = &job.out;
-    let put = |tt: usize, j: usize, v: &[f32; packed::ROWS]| {
-        let at = tt * n + j;
-        // SAFETY: the calling task owns columns j0..j1 of every output row, and j..j + 8 lies
-        // inside them (tasks cover whole groups).
-        let o = unsafe { dst.range(at, at + packed::ROWS) };
-        o.copy_from_slice(v);
-    };
+    // SAFETY: the calling task owns columns j0..j1 of every output row, and j..j + 8 lies
+    // inside them (tasks cover whole groups).
+    let put = |tt: usize, j: usize, v: &[f32; packed::ROWS]| unsafe { job.put(tt, j, v) };
     let grp = |j: usize| &job.w[j / packed::ROWS * gb..(j / packed::ROWS + 1) * gb];
     if t == 1 {
         let a = [act.row(0, kind)];
@@ -437,17 +445,13 @@ const DEC_RW: usize = 4;
 
 /// Weight rows `j0..j1` of one job against all `t` activation rows.
 fn run_rows(qk: QKernel, job: &QJob<'_>, act: &ActQ8, k: usize, t: usize, j0: usize, j1: usize) {
-    let (qt, n) = (job.qt, job.n);
+    let qt = job.qt;
     let kind = qt.act_kind();
     let rb = qt.row_bytes(k);
-    let dst = &job.out;
     let wrow = |j: usize| &job.w[j * rb..(j + 1) * rb];
-    let put = |tt: usize, j: usize, v: f32| {
-        let at = tt * n + j;
-        // SAFETY: the calling task owns columns j0..j1 of every output row.
-        let o = unsafe { dst.range(at, at + 1) };
-        o[0] = v;
-    };
+    // SAFETY: the calling task owns columns j0..j1 of every output row, and every `j` passed
+    // here lies inside them.
+    let put = |tt: usize, j: usize, v: f32| unsafe { job.put(tt, j, &[v]) };
     if t == 1 {
         let a = [act.row(0, kind)];
         let mut j = j0;
@@ -482,17 +486,13 @@ fn prefill_rows<const RW: usize, const RA: usize>(
     j0: usize,
     j1: usize,
 ) {
-    let (qt, n) = (job.qt, job.n);
+    let qt = job.qt;
     let kind = qt.act_kind();
     let rb = qt.row_bytes(k);
-    let dst = &job.out;
     let wrow = |j: usize| &job.w[j * rb..(j + 1) * rb];
-    let put = |tt: usize, j: usize, v: f32| {
-        let at = tt * n + j;
-        // SAFETY: the calling task owns columns j0..j1 of every output row.
-        let o = unsafe { dst.range(at, at + 1) };
-        o[0] = v;
-    };
+    // SAFETY: the calling task owns columns j0..j1 of every output row, and every `j` passed
+    // here lies inside them.
+    let put = |tt: usize, j: usize, v: f32| unsafe { job.put(tt, j, &[v]) };
     for t0 in (0..t).step_by(T_TILE) {
         let t1 = (t0 + T_TILE).min(t);
         let mut j = j0;
