@@ -1,4 +1,4 @@
-//! In-cache throughput of the packed Q4_K micro-kernel per activation-row count (one group of
+//! In-cache throughput of the packed Q4_K, Q6_K and Q8_0 micro-kernels per activation-row count (one group of
 //! 8 rows, K = 1792 and 4608, everything in L1/L2): the best of many short timed loops, so a
 //! shared machine's interruptions fall out.
 //!
@@ -8,15 +8,15 @@ use mideum_kernels::packed::{self, Packed, PackedKernel};
 use mideum_kernels::quant::{quantize_row, ActKind, ActQ8, ActRow, QuantType};
 use std::time::Instant;
 
-fn time<const RA: usize>(pk: PackedKernel, p: &[u8], act: &ActQ8, k: usize) -> f64 {
-    let rows: [ActRow<'_>; RA] = std::array::from_fn(|r| act.row(r, ActKind::K256));
+fn time<const RA: usize>(pk: PackedKernel, lay: Packed, p: &[u8], act: &ActQ8, k: usize) -> f64 {
+    let rows: [ActRow<'_>; RA] = std::array::from_fn(|r| act.row(r, lay.source().act_kind()));
     let iters = 2000;
     let mut best = f64::MAX;
     let mut sink = 0f32;
     for _ in 0..40 {
         let t0 = Instant::now();
         for _ in 0..iters {
-            let o = pk.group::<RA>(Packed::Q4Kx8, std::hint::black_box(p), &rows);
+            let o = pk.group::<RA>(lay, std::hint::black_box(p), &rows);
             sink += o[RA - 1][7];
         }
         best = best.min(t0.elapsed().as_secs_f64() / iters as f64);
@@ -27,39 +27,41 @@ fn time<const RA: usize>(pk: PackedKernel, p: &[u8], act: &ActQ8, k: usize) -> f
 
 fn main() {
     let pk = PackedKernel::detect();
-    for k in [1792usize, 4608] {
-        let n = packed::ROWS;
-        let rb = QuantType::Q4K.row_bytes(k);
-        let mut w = vec![0u8; n * rb];
-        let mut s = 12345u64;
-        let mut rnd = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) % 2001) as f32 / 1000.0 - 1.0
-        };
-        let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
-        for j in 0..n {
-            quantize_row(
-                QuantType::Q4K,
-                &wf[j * k..(j + 1) * k],
-                &mut w[j * rb..(j + 1) * rb],
+    for (qt, lay) in [
+        (QuantType::Q4K, Packed::Q4Kx8),
+        (QuantType::Q6K, Packed::Q6Kx8),
+        (QuantType::Q8_0, Packed::Q8_0x8),
+    ] {
+        for k in [1792usize, 4608] {
+            let n = packed::ROWS;
+            let rb = qt.row_bytes(k);
+            let mut w = vec![0u8; n * rb];
+            let mut s = 12345u64;
+            let mut rnd = || {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) % 2001) as f32 / 1000.0 - 1.0
+            };
+            let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            for j in 0..n {
+                quantize_row(qt, &wf[j * k..(j + 1) * k], &mut w[j * rb..(j + 1) * rb]);
+            }
+            let mut p = vec![0u8; lay.bytes(n, k)];
+            packed::pack(lay, &w, n, k, &mut p);
+            let x: Vec<f32> = (0..8 * k).map(|_| rnd()).collect();
+            let mut act = ActQ8::default();
+            act.quantize(&x, 8, k, qt.act_kind());
+            println!(
+                "{pk:?} {lay:?} k={k}: GMAC/s RA=1 {:.1}  2 {:.1}  3 {:.1}  4 {:.1}  5 {:.1}  6 {:.1}  8 {:.1}",
+                time::<1>(pk, lay, &p, &act, k),
+                time::<2>(pk, lay, &p, &act, k),
+                time::<3>(pk, lay, &p, &act, k),
+                time::<4>(pk, lay, &p, &act, k),
+                time::<5>(pk, lay, &p, &act, k),
+                time::<6>(pk, lay, &p, &act, k),
+                time::<8>(pk, lay, &p, &act, k),
             );
         }
-        let mut p = vec![0u8; Packed::Q4Kx8.bytes(n, k)];
-        packed::pack(Packed::Q4Kx8, &w, n, k, &mut p);
-        let x: Vec<f32> = (0..8 * k).map(|_| rnd()).collect();
-        let mut act = ActQ8::default();
-        act.quantize(&x, 8, k, ActKind::K256);
-        println!(
-            "{pk:?} k={k}: GMAC/s RA=1 {:.1}  2 {:.1}  3 {:.1}  4 {:.1}  5 {:.1}  6 {:.1}  8 {:.1}",
-            time::<1>(pk, &p, &act, k),
-            time::<2>(pk, &p, &act, k),
-            time::<3>(pk, &p, &act, k),
-            time::<4>(pk, &p, &act, k),
-            time::<5>(pk, &p, &act, k),
-            time::<6>(pk, &p, &act, k),
-            time::<8>(pk, &p, &act, k),
-        );
     }
 }
