@@ -11,6 +11,9 @@
 //!
 //! Between loops the workers spin on a generation counter for [`SPIN_IDLE`] before they sleep,
 //! which bridges the short single-threaded steps between the ~250 loops of a forward pass.
+//!
+//! Each worker is pinned to a CPU of its own when the process may use at least as many CPUs
+//! as the pool has threads (`MIDEUM_PIN=0` turns this off); see `pin_plan`.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
@@ -122,8 +125,28 @@ pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     n_threads: usize,
+    /// The CPUs of the threads when the pool pins its workers: worker `i` runs on `cpus[i]`;
+    /// `cpus[0]` is left to the caller, which is not pinned (see [`pin_plan`]).
+    cpus: Option<Vec<core_affinity::CoreId>>,
     /// Serialises callers: one parallel loop at a time.
     call_lock: Mutex<()>,
+}
+
+/// One CPU per thread from the calling thread's allowed set, or `None` when pinning is off
+/// (`MIDEUM_PIN=0`), the set cannot be read, or it has fewer CPUs than `n_threads` (two pinned
+/// threads sharing a CPU could never move apart; unpinned, the OS can still spread them).
+///
+/// Only the workers are pinned, each to a CPU of its own (`1..n_threads` of the plan), so a
+/// worker never migrates in the middle of a loop and loses its caches. The calling thread is
+/// left alone: it belongs to the application (a server's scheduler thread, a benchmark's main
+/// thread), and a thread it spawned later would inherit a one-CPU mask. With the workers'
+/// CPUs busy, the OS keeps it on the remaining one.
+fn pin_plan(n_threads: usize) -> Option<Vec<core_affinity::CoreId>> {
+    if n_threads < 2 || std::env::var("MIDEUM_PIN").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let cpus = core_affinity::get_core_ids()?;
+    (cpus.len() >= n_threads).then(|| cpus.into_iter().take(n_threads).collect())
 }
 
 /// Packs a range of task indices (each below 2³²) into one atomic word.
@@ -164,12 +187,25 @@ impl ThreadPool {
             done_lock: Mutex::new(()),
             done: Condvar::new(),
         });
+        let cpus = pin_plan(n_threads);
         let workers = (1..n_threads)
             .map(|id| {
                 let s = Arc::clone(&shared);
+                let cpu = cpus.as_ref().map(|c| c[id]);
                 std::thread::Builder::new()
                     .name(format!("mideum-pool-{id}"))
-                    .spawn(move || worker(&s, id))
+                    .spawn(move || {
+                        if let Some(cpu) = cpu {
+                            if !core_affinity::set_for_current(cpu) {
+                                tracing::debug!(
+                                    thread = id,
+                                    cpu = cpu.id,
+                                    "could not pin pool thread"
+                                );
+                            }
+                        }
+                        worker(&s, id)
+                    })
                     .unwrap_or_else(|e| panic!("cannot start pool thread {id}: {e}"))
             })
             .collect();
@@ -177,8 +213,14 @@ impl ThreadPool {
             shared,
             workers,
             n_threads,
+            cpus,
             call_lock: Mutex::new(()),
         }
+    }
+
+    /// Whether the pool's worker threads were pinned to CPUs of their own.
+    pub fn is_pinned(&self) -> bool {
+        self.cpus.is_some()
     }
 
     /// Number of threads including the caller.
@@ -461,6 +503,29 @@ impl<'a, T> DisjointSlice<'a, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinning_plans_one_distinct_cpu_per_thread_or_none() {
+        assert!(pin_plan(1).is_none(), "a single thread is never pinned");
+        assert!(
+            pin_plan(usize::MAX).is_none(),
+            "more threads than CPUs are not pinned"
+        );
+        let allowed = core_affinity::get_core_ids().map_or(0, |c| c.len());
+        if allowed >= 2 && std::env::var("MIDEUM_PIN").map_or(true, |v| v != "0") {
+            let plan = pin_plan(2).expect("two threads fit the allowed CPUs");
+            assert_eq!(plan.len(), 2);
+            assert_ne!(plan[0].id, plan[1].id);
+            // Pinned workers still run every index exactly once.
+            let pool = ThreadPool::new(2);
+            assert!(pool.is_pinned());
+            let hits: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+            pool.for_each(100, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
 
     #[test]
     fn runs_every_task_once() {
