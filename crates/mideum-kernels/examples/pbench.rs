@@ -5,7 +5,7 @@
 //!     cargo run --release -p mideum-kernels --example pbench
 
 use mideum_kernels::packed::{self, Packed, PackedKernel};
-use mideum_kernels::quant::{quantize_row, ActKind, ActQ8, ActRow, QuantType};
+use mideum_kernels::quant::{quantize_row, ActQ8, ActRow, QuantType};
 use std::time::Instant;
 
 fn time<const RA: usize>(pk: PackedKernel, lay: Packed, p: &[u8], act: &ActQ8, k: usize) -> f64 {

@@ -1,0 +1,64 @@
+//! A prefill-shaped packed Q4_K matmul (`t` activation rows against 1024 × 1792 and 512 × 4608
+//! weights) with everything in L3: the best of 30 calls, so a shared machine's interruptions
+//! fall out. It measures the blocking of `matmul` around the micro-kernel (which `pbench` times
+//! alone, in L1) without DRAM noise; `qbench` measures whole layers from DRAM.
+//!
+//!     cargo run --release -p mideum-kernels --example gbench -- [THREADS] [T]
+use mideum_kernels::packed::{self, Packed};
+use mideum_kernels::quant::{quantize_row, QuantType};
+use mideum_kernels::{matmul, DotKernel, ThreadPool, WeightView};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let threads = args.first().copied().unwrap_or(1);
+    let t = args.get(1).copied().unwrap_or(512);
+    let pool = ThreadPool::new(threads);
+    let kern = DotKernel::detect();
+    let mut s = 12345u64;
+    let mut rnd = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 11) % 2001) as f32 / 1000.0 - 1.0
+    };
+    for (n, k) in [(1024usize, 1792usize), (512, 4608)] {
+        let rb = QuantType::Q4K.row_bytes(k);
+        let mut w = vec![0u8; n * rb];
+        let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+        for j in 0..n {
+            quantize_row(
+                QuantType::Q4K,
+                &wf[j * k..(j + 1) * k],
+                &mut w[j * rb..(j + 1) * rb],
+            );
+        }
+        let mut p = vec![0u8; Packed::Q4Kx8.bytes(n, k)];
+        packed::pack(Packed::Q4Kx8, &w, n, k, &mut p);
+        let x: Vec<f32> = (0..t * k).map(|_| rnd()).collect();
+        let mut out = vec![0f32; t * n];
+        let mut best = f64::MAX;
+        for _ in 0..30 {
+            let t0 = Instant::now();
+            matmul(
+                &pool,
+                kern,
+                &x,
+                t,
+                k,
+                WeightView::Packed(Packed::Q4Kx8, &p),
+                n,
+                &mut out,
+            );
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        println!(
+            "n={n} k={k} t={t}: {:.1} GMAC/s ({:.2} ms)",
+            (n * k * t) as f64 / best / 1e9,
+            best * 1e3
+        );
+    }
+}
