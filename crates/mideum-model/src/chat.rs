@@ -60,47 +60,6 @@ fn restore(s: &str, specials: &[(String, u32)], base: u32) -> String {
     out
 }
 
-/// Tokenizes a rendered prompt: special-token strings become their ids, the text between them
-/// is encoded as plain text with sentinels restored.
-fn encode_rendered(tok: &Tokenizer, rendered: &str, base: Option<u32>) -> Result<Vec<u32>> {
-    let specials = tok.special_tokens();
-    let mut ids = Vec::new();
-    let mut rest = rendered;
-    loop {
-        // Leftmost special token; longest wins at the same position (the list is longest first).
-        let next = specials
-            .iter()
-            .filter_map(|(t, id)| rest.find(t.as_str()).map(|p| (p, t.len(), *id)))
-            .min_by_key(|&(p, len, _)| (p, std::cmp::Reverse(len)));
-        let (text, tail) = match next {
-            Some((p, len, id)) => {
-                let text = &rest[..p];
-                let piece = match base {
-                    Some(b) => restore(text, specials, b),
-                    None => text.to_string(),
-                };
-                if !piece.is_empty() {
-                    ids.extend(tok.encode_plain(&piece)?);
-                }
-                ids.push(id);
-                (None, &rest[p + len..])
-            }
-            None => (Some(rest), ""),
-        };
-        if let Some(text) = text {
-            let piece = match base {
-                Some(b) => restore(text, specials, b),
-                None => text.to_string(),
-            };
-            if !piece.is_empty() {
-                ids.extend(tok.encode_plain(&piece)?);
-            }
-            return Ok(ids);
-        }
-        rest = tail;
-    }
-}
-
 /// Renders `messages` (and `tools`) with the template and tokenizes the result so that only the
 /// template's markup yields control tokens. Returns the rendered text (as the model sees it)
 /// and its token ids.
@@ -129,6 +88,8 @@ pub fn encode_chat(
         t
     });
     let rendered = template.render(&msgs, tools_d.as_ref(), add_generation_prompt)?;
-    let ids = encode_rendered(tok, &rendered, Some(base))?;
+    // Special-token strings left in the rendered prompt come from the template; the text
+    // between them gets its sentinels turned back into the original strings.
+    let ids = tok.encode_split(&rendered, &|text| restore(text, specials, base))?;
     Ok((restore(&rendered, specials, base), ids))
 }

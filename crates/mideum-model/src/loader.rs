@@ -196,6 +196,10 @@ impl LoadedModel {
             _ => model.config.max_position_embeddings,
         };
         let ctx_size = opts.ctx_size.unwrap_or(native).max(1);
+        // Loading leaves tens of MB of freed temporaries (GGUF metadata, the tokenizer's JSON)
+        // scattered between the tokenizer's live allocations, where the allocator keeps them
+        // resident; hand those pages back.
+        crate::tensor::release_free_heap();
         Ok(LoadedModel {
             path: path.to_path_buf(),
             format,

@@ -454,6 +454,18 @@ pub fn repack_enabled() -> bool {
     std::env::var("MIDEUM_REPACK").map_or(true, |v| v != "0")
 }
 
+/// Returns the free pages inside the heap to the OS (glibc's `malloc_trim`; elsewhere a no-op).
+/// Freed memory that is not at the top of the heap otherwise stays resident: after a GGUF load
+/// that was ~17 MB of a Mi:dm Mini process's RSS.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases memory the allocator holds as free; it takes no
+    // pointers and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Moves the quantized weight matrices (memory-mapped or quantized at load) into one
 /// anonymous arena backed by transparent huge pages where the kernel allows it (fewer TLB
 /// misses while decode streams every weight once per token), repacking each matrix into the

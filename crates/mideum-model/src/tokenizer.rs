@@ -11,9 +11,11 @@ use std::path::Path;
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 pub struct Tokenizer {
+    /// The `tokenizers` tokenizer with special-token parsing off: it encodes their strings as
+    /// plain text. [`Tokenizer::encode`] splits at them itself. (One copy instead of a second
+    /// one with parsing on: the vocabulary and merge tables of a 131k-token vocabulary take
+    /// tens of MB.)
     inner: tokenizers::Tokenizer,
-    /// The same tokenizer with special-token parsing off: their strings become plain text.
-    plain: tokenizers::Tokenizer,
     /// Strings of the special (control) tokens, longest first.
     specials: Vec<(String, u32)>,
     /// Special-token strings the chat template may refer to (`bos_token`, `eos_token`, …).
@@ -171,9 +173,8 @@ impl Tokenizer {
         })
     }
 
-    fn wrap(inner: tokenizers::Tokenizer) -> Tokenizer {
-        let mut plain = inner.clone();
-        plain.set_encode_special_tokens(true);
+    fn wrap(mut inner: tokenizers::Tokenizer) -> Tokenizer {
+        inner.set_encode_special_tokens(true);
         let mut specials: Vec<(String, u32)> = inner
             .get_added_tokens_decoder()
             .into_iter()
@@ -185,7 +186,6 @@ impl Tokenizer {
         Tokenizer {
             vocab_size,
             inner,
-            plain,
             specials,
             bos_token: None,
             eos_token: None,
@@ -202,10 +202,44 @@ impl Tokenizer {
 
     /// Token ids of `text` with special-token strings treated as ordinary text.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        self.plain
+        self.inner
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// Token ids of `text` split at the special-token strings it contains: each of those
+    /// becomes its id, and every piece between them is passed through `piece` and encoded as
+    /// plain text. The leftmost special token wins, the longest one at the same position. This
+    /// is how the `tokenizers` crate treats special tokens (it splits at them before running
+    /// the model on the text between them), so `piece = identity` gives its ids.
+    pub(crate) fn encode_split(
+        &self,
+        text: &str,
+        piece: &dyn Fn(&str) -> String,
+    ) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        loop {
+            let next = self
+                .specials
+                .iter()
+                .filter_map(|(t, id)| rest.find(t.as_str()).map(|p| (p, t.len(), *id)))
+                .min_by_key(|&(p, len, _)| (p, std::cmp::Reverse(len)));
+            let (head, special, tail) = match next {
+                Some((p, len, id)) => (&rest[..p], Some(id), &rest[p + len..]),
+                None => (rest, None, ""),
+            };
+            let head = piece(head);
+            if !head.is_empty() {
+                ids.extend(self.encode_plain(&head)?);
+            }
+            match special {
+                Some(id) => ids.push(id),
+                None => return Ok(ids),
+            }
+            rest = tail;
+        }
     }
 
     fn detect_adds_bos(&self) -> bool {
@@ -218,8 +252,17 @@ impl Tokenizer {
     /// Token ids of `text`. Special-token strings inside the text map to their ids, as
     /// `tokenizer.encode(text, add_special_tokens=...)` does in transformers.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let ids = self.encode_split(text, &str::to_string)?;
+        if !add_special_tokens {
+            return Ok(ids);
+        }
+        // The post-processor adds the special tokens (BOS for Llama-style templates).
+        let tokens = ids
+            .into_iter()
+            .map(|id| tokenizers::Token::new(id, String::new(), (0, 0)))
+            .collect();
         self.inner
-            .encode(text, add_special_tokens)
+            .post_process(tokenizers::Encoding::from_tokens(tokens, 0), None, true)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
