@@ -16,7 +16,7 @@ fn time<const RA: usize>(pk: PackedKernel, lay: Packed, p: &[u8], act: &ActQ8, k
     for _ in 0..40 {
         let t0 = Instant::now();
         for _ in 0..iters {
-            let o = pk.group::<RA>(lay, std::hint::black_box(p), &rows);
+            let o = pk.group::<RA>(lay, std::hint::black_box(p), &rows, false);
             sink += o[RA - 1][7];
         }
         best = best.min(t0.elapsed().as_secs_f64() / iters as f64);

@@ -400,8 +400,8 @@ const PACKED_TASK_ROWS: usize = 32;
 
 /// Rows `j0..j1` (whole groups) of a packed job against all `t` activation rows.
 ///
-/// The activation rows of one step (at most [`PACKED_RA`] × k bytes) stay in L1 while the
-/// task's few groups pass under them; the groups stay in L1/L2 for the whole task. (Keeping a
+/// The activation rows of one step (at most 8 × k bytes) stay in L1 while the task's few
+/// groups pass under them; the groups stay in L1/L2 for the whole task. (Keeping a
 /// 32-row activation tile in L2 and passing it under each group instead ran 15–25% slower on
 /// one thread: every kernel call then read its activations from L2.)
 #[allow(clippy::too_many_arguments)]
@@ -418,24 +418,30 @@ fn run_packed(
     let gb = layout.group_bytes(k);
     let mut tt = 0;
     while tt < t {
-        // Six rows per step; 7 and 8 leftover rows go as 4 + 3 and 4 + 4 (a 2- or 1-row step
-        // runs well below the others' rate).
+        // Up to 8 rows (decode, batched decode) in one step, so each group is read from DRAM
+        // once; more in steps of six, with 7 or 8 leftover rows in one step too. The first
+        // step's kernels prefetch the weight stream; later steps find it in L1/L2.
         let n = match t - tt {
-            7 | 8 => 4,
-            n => n.min(PACKED_RA),
+            n @ ..=8 => n,
+            n @ 9..=11 => n - 6,
+            _ => PACKED_RA,
         };
+        let pf = tt == 0;
         tt += match n {
-            6 => packed_step::<6>(pk, layout, job, act, gb, tt, j0, j1),
-            5 => packed_step::<5>(pk, layout, job, act, gb, tt, j0, j1),
-            4 => packed_step::<4>(pk, layout, job, act, gb, tt, j0, j1),
-            3 => packed_step::<3>(pk, layout, job, act, gb, tt, j0, j1),
-            2 => packed_step::<2>(pk, layout, job, act, gb, tt, j0, j1),
-            _ => packed_step::<1>(pk, layout, job, act, gb, tt, j0, j1),
+            8 => packed_step::<8>(pk, layout, job, act, gb, tt, j0, j1, pf),
+            7 => packed_step::<7>(pk, layout, job, act, gb, tt, j0, j1, pf),
+            6 => packed_step::<6>(pk, layout, job, act, gb, tt, j0, j1, pf),
+            5 => packed_step::<5>(pk, layout, job, act, gb, tt, j0, j1, pf),
+            4 => packed_step::<4>(pk, layout, job, act, gb, tt, j0, j1, pf),
+            3 => packed_step::<3>(pk, layout, job, act, gb, tt, j0, j1, pf),
+            2 => packed_step::<2>(pk, layout, job, act, gb, tt, j0, j1, pf),
+            _ => packed_step::<1>(pk, layout, job, act, gb, tt, j0, j1, pf),
         };
     }
 }
 
-/// Activation rows `tt..tt + R` against the groups of rows `j0..j1`; returns `R`.
+/// Activation rows `tt..tt + R` against the groups of rows `j0..j1`; returns `R`. `pf`: the
+/// groups come from DRAM (see [`PackedKernel::group`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn packed_step<const R: usize>(
@@ -447,12 +453,13 @@ fn packed_step<const R: usize>(
     tt: usize,
     j0: usize,
     j1: usize,
+    pf: bool,
 ) -> usize {
     let kind = job.qt.act_kind();
     let a: [_; R] = std::array::from_fn(|r| act.row(tt + r, kind));
     for j in (j0..j1).step_by(packed::ROWS) {
         let g = &job.w[j / packed::ROWS * gb..(j / packed::ROWS + 1) * gb];
-        for (r, v) in pk.group::<R>(layout, g, &a).iter().enumerate() {
+        for (r, v) in pk.group::<R>(layout, g, &a, pf).iter().enumerate() {
             // SAFETY: the calling task owns columns j0..j1 of every output row, and j..j + 8
             // lies inside them (tasks cover whole groups).
             unsafe { job.put(tt + r, j, v) };

@@ -478,6 +478,11 @@ impl PackedKernel {
     /// `out[r][i] = row_i · a[r]` for one group of [`ROWS`] packed rows (`grp`) and `RA`
     /// activation rows (of the source type's kind) of `k` elements each.
     ///
+    /// `prefetch`: the group comes from DRAM (decode, or the first pass over a task's weights):
+    /// the AVX2 kernels then prefetch the weight stream 4 KiB ahead, which carries on into the
+    /// groups that follow `grp` in memory. Without it, a pass that reads each group from DRAM
+    /// only once or twice (batched decode) waits on memory latency.
+    ///
     /// Panics if the shapes do not match.
     #[inline]
     pub fn group<const RA: usize>(
@@ -485,6 +490,7 @@ impl PackedKernel {
         layout: Packed,
         grp: &[u8],
         a: &[ActRow<'_>; RA],
+        prefetch: bool,
     ) -> [[f32; ROWS]; RA] {
         let Some(first) = a.first() else {
             return [[0f32; ROWS]; RA];
@@ -511,10 +517,10 @@ impl PackedKernel {
             #[cfg(target_arch = "x86_64")]
             PackedKernel::Avx2 => unsafe {
                 match layout {
-                    Packed::Q4Kx8 => x86::q4kx8::<RA>(grp.as_ptr(), a),
-                    Packed::Q6Kx8 => x86::q6kx8::<RA>(grp.as_ptr(), a),
-                    Packed::Q8_0x8 => x86::b32x8::<false, RA>(grp.as_ptr(), a),
-                    Packed::Q4_0x8 => x86::b32x8::<true, RA>(grp.as_ptr(), a),
+                    Packed::Q4Kx8 => x86::q4kx8::<RA>(grp.as_ptr(), a, prefetch),
+                    Packed::Q6Kx8 => x86::q6kx8::<RA>(grp.as_ptr(), a, prefetch),
+                    Packed::Q8_0x8 => x86::b32x8::<false, RA>(grp.as_ptr(), a, prefetch),
+                    Packed::Q4_0x8 => x86::b32x8::<true, RA>(grp.as_ptr(), a, prefetch),
                 }
             },
         }
@@ -533,7 +539,11 @@ mod x86 {
     /// AVX2, FMA and F16C are available; `w` points at a full group of `k / 256` super-blocks;
     /// every `a[r]` has `k` values, `k / 256` scales and `k / 16` sums.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4kx8<const RA: usize>(w: *const u8, a: &[ActRow<'_>; RA]) -> [[f32; ROWS]; RA] {
+    pub unsafe fn q4kx8<const RA: usize>(
+        w: *const u8,
+        a: &[ActRow<'_>; RA],
+        pf: bool,
+    ) -> [[f32; ROWS]; RA] {
         let nb = a[0].qs.len() / QK_K;
         let m4 = _mm256_set1_epi8(0xF);
         let mut facc = [_mm256_setzero_ps(); RA];
@@ -542,7 +552,7 @@ mod x86 {
             // (the caller's contract); every offset stays inside one 1184-byte super-block.
             unsafe {
                 let blk = w.add(b * Q4KX8_BYTES);
-                if RA == 1 {
+                if pf {
                     for off in (0..Q4KX8_BYTES).step_by(64) {
                         _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
                     }
@@ -618,6 +628,7 @@ mod x86 {
     pub unsafe fn b32x8<const Q4: bool, const RA: usize>(
         w: *const u8,
         a: &[ActRow<'_>; RA],
+        pf: bool,
     ) -> [[f32; ROWS]; RA] {
         let nb = a[0].qs.len() / 32;
         let pb = if Q4 { 144 } else { 272 };
@@ -629,7 +640,7 @@ mod x86 {
             // caller's contract); every offset stays inside one block of the group.
             unsafe {
                 let blk = w.add(b * pb);
-                if RA == 1 && b % 2 == 0 {
+                if pf && b % 2 == 0 {
                     for off in (0..2 * pb).step_by(64) {
                         _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
                     }
@@ -698,7 +709,11 @@ mod x86 {
     /// # Safety
     /// As [`q4kx8`], for a [`Packed::Q6Kx8`] group.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q6kx8<const RA: usize>(w: *const u8, a: &[ActRow<'_>; RA]) -> [[f32; ROWS]; RA] {
+    pub unsafe fn q6kx8<const RA: usize>(
+        w: *const u8,
+        a: &[ActRow<'_>; RA],
+        pf: bool,
+    ) -> [[f32; ROWS]; RA] {
         let nb = a[0].qs.len() / QK_K;
         let m4 = _mm256_set1_epi8(0xF);
         let m3 = _mm256_set1_epi8(3);
@@ -709,7 +724,7 @@ mod x86 {
             // (the caller's contract); every offset stays inside one 1680-byte super-block.
             unsafe {
                 let blk = w.add(b * Q6KX8_BYTES);
-                if RA == 1 {
+                if pf {
                     for off in (0..Q6KX8_BYTES).step_by(64) {
                         _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
                     }
@@ -880,9 +895,9 @@ mod tests {
             let rows: [ActRow<'_>; 5] = std::array::from_fn(|r| act.row(r, qt.act_kind()));
             let want5 = scalar_group::<5>(layout, &p, &rows);
             for kern in PackedKernel::available() {
-                let g1 = kern.group::<1>(layout, &p, &[rows[3]]);
-                let g4 = kern.group::<4>(layout, &p, &[rows[0], rows[1], rows[2], rows[4]]);
-                let g5 = kern.group::<5>(layout, &p, &rows);
+                let g1 = kern.group::<1>(layout, &p, &[rows[3]], true);
+                let g4 = kern.group::<4>(layout, &p, &[rows[0], rows[1], rows[2], rows[4]], false);
+                let g5 = kern.group::<5>(layout, &p, &rows, false);
                 for i in 0..ROWS {
                     prop_assert_eq!(g1[0][i].to_bits(), want5[3][i].to_bits(), "{:?}", kern);
                     for (gi, r) in [(0, 0), (1, 1), (2, 2), (3, 4)] {
@@ -890,6 +905,23 @@ mod tests {
                     }
                     for r in 0..5 {
                         prop_assert_eq!(g5[r][i].to_bits(), want5[r][i].to_bits(), "{:?}", kern);
+                    }
+                }
+                // The wider steps of the many-rows path (rows repeat: the twin is per row).
+                let rows8: [ActRow<'_>; 8] = std::array::from_fn(|r| rows[r % 5]);
+                let want8: [[f32; ROWS]; 8] = std::array::from_fn(|r| want5[r % 5]);
+                let g6 = kern.group::<6>(layout, &p, &std::array::from_fn(|r| rows8[r]), true);
+                let g7 = kern.group::<7>(layout, &p, &std::array::from_fn(|r| rows8[r]), false);
+                let g8 = kern.group::<8>(layout, &p, &rows8, true);
+                for i in 0..ROWS {
+                    for r in 0..8 {
+                        prop_assert_eq!(g8[r][i].to_bits(), want8[r][i].to_bits(), "{:?}", kern);
+                        if r < 7 {
+                            prop_assert_eq!(g7[r][i].to_bits(), want8[r][i].to_bits(), "{:?}", kern);
+                        }
+                        if r < 6 {
+                            prop_assert_eq!(g6[r][i].to_bits(), want8[r][i].to_bits(), "{:?}", kern);
+                        }
                     }
                 }
             }
@@ -935,7 +967,7 @@ mod tests {
                 // Activations are all −127·sign with d = −sign/127, i.e. exactly `sign`.
                 let want = (qv as f32 - 32.0) * sc as f32 * k as f32 * sign;
                 for kern in PackedKernel::available() {
-                    let g = kern.group::<1>(Packed::Q6Kx8, &p, &[row]);
+                    let g = kern.group::<1>(Packed::Q6Kx8, &p, &[row], true);
                     for v in g[0] {
                         assert!(
                             (v - want).abs() <= want.abs() * 1e-5,
@@ -970,7 +1002,7 @@ mod tests {
             assert!(row.qs.iter().all(|&q| q.abs() == 127));
             let want = 15.0 * 63.0 * k as f32 * sign;
             for kern in PackedKernel::available() {
-                let g = kern.group::<1>(Packed::Q4Kx8, &p, &[row]);
+                let g = kern.group::<1>(Packed::Q4Kx8, &p, &[row], true);
                 for v in g[0] {
                     assert!(
                         (v - want).abs() <= want.abs() * 1e-5,
