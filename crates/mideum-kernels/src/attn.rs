@@ -79,6 +79,8 @@ struct Scratch {
     l: Vec<f32>,
     /// Unnormalized output per query.
     acc: Vec<f32>,
+    /// Log of the softmax denominator per query, filled at the end.
+    lse: Vec<f32>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -107,6 +109,22 @@ pub fn attend<'a>(
     kv: &dyn Fn(usize) -> KvRows<'a>,
     emit: &mut dyn FnMut(usize, &[f32]),
 ) {
+    attend_lse(kern, shape, q, q_stride, kv, &mut |r, out, _| emit(r, out));
+}
+
+/// As [`attend`], and `emit` also receives, per query head of the row, the log of the softmax
+/// denominator: `lse = max + ln Σ exp(score − max)` (−∞ when the row saw no key). Two
+/// attentions of the same queries over disjoint key sets combine into the attention over their
+/// union with [`merge_lse`]: how a prefix shared by several sequences is read once for all of
+/// them (cascade attention).
+pub fn attend_lse<'a>(
+    kern: AttnKernel,
+    shape: &AttnShape,
+    q: &[f32],
+    q_stride: usize,
+    kv: &dyn Fn(usize) -> KvRows<'a>,
+    emit: &mut dyn FnMut(usize, &[f32], &[f32]),
+) {
     let s = shape;
     if s.rows == 0 || s.group == 0 || s.head_dim == 0 {
         return;
@@ -121,6 +139,7 @@ pub fn attend<'a>(
         grow(&mut sc.m, nq);
         grow(&mut sc.l, nq);
         grow(&mut sc.acc, nq * hd);
+        grow(&mut sc.lse, nq);
         sc.m[..nq].fill(f32::NEG_INFINITY);
         sc.l[..nq].fill(0.0);
         sc.acc[..nq * hd].fill(0.0);
@@ -133,14 +152,35 @@ pub fn attend<'a>(
         }
         for r in 0..s.rows {
             let row = &mut sc.acc[r * s.group * hd..(r + 1) * s.group * hd];
+            let lse = &mut sc.lse[r * s.group..(r + 1) * s.group];
             for g in 0..s.group {
-                let l = sc.l[r * s.group + g];
+                let (l, m) = (sc.l[r * s.group + g], sc.m[r * s.group + g]);
                 let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
                 row[g * hd..(g + 1) * hd].iter_mut().for_each(|x| *x *= inv);
+                lse[g] = if l > 0.0 {
+                    m + l.ln()
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
-            emit(r, row);
+            emit(r, row, lse);
         }
     });
+}
+
+/// Folds the attention `(b, lse_b)` of one query head over some keys into `(a, lse_a)`, its
+/// attention over other keys, giving the attention over both key sets (see [`attend_lse`]).
+pub fn merge_lse(a: &mut [f32], lse_a: &mut f32, b: &[f32], lse_b: f32) {
+    let m = lse_a.max(lse_b);
+    if m == f32::NEG_INFINITY {
+        return;
+    }
+    let (wa, wb) = ((*lse_a - m).exp(), (lse_b - m).exp());
+    let inv = 1.0 / (wa + wb);
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x = (*x * wa + y * wb) * inv;
+    }
+    *lse_a = m + (wa + wb).ln();
 }
 
 /// The inner operations, once per implementation. Every slice length is checked by the
@@ -583,6 +623,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        /// Cascade attention: a shared prefix of whole blocks attended once (every row sees
+        /// all of it), the rest per row with block indices and positions shifted past it, and
+        /// the two merged by their log-denominators, equal one causal pass over everything.
+        #[test]
+        fn split_attention_merged_by_lse_equals_one_pass(
+            hd in 1usize..40, group in 1usize..5, shared_blocks in 1usize..5, extra in 1usize..40,
+            block in 1usize..12, big in any::<bool>(), seed in 0u32..10000,
+        ) {
+            let mut r = rnd(seed);
+            let amp = if big { 8.0 } else { 1.0 };
+            let shared = shared_blocks * block;
+            let n_keys = shared + extra;
+            let n_blocks = n_keys.div_ceil(block);
+            let kf: Vec<f32> = (0..n_blocks * block * hd).map(|_| r() * amp).collect();
+            let vf: Vec<f32> = (0..n_blocks * block * hd).map(|_| r()).collect();
+            let q: Vec<f32> = (0..group * hd).map(|_| r()).collect();
+            let bl = block * hd;
+            let kv = |b: usize| KvRows::F32 { k: &kf[b * bl..(b + 1) * bl], v: &vf[b * bl..(b + 1) * bl] };
+            let shape = |pos0| AttnShape { head_dim: hd, group, rows: 1, pos0, block, scale: 1.0 / (hd as f32).sqrt() };
+            for kern in AttnKernel::available() {
+                let mut want = vec![0f32; group * hd];
+                attend(kern, &shape(n_keys - 1), &q, group * hd, &kv, &mut |_, o| want.copy_from_slice(o));
+                let (mut a, mut la) = (vec![0f32; group * hd], vec![0f32; group]);
+                attend_lse(kern, &shape(shared - 1), &q, group * hd, &kv, &mut |_, o, l| {
+                    a.copy_from_slice(o);
+                    la.copy_from_slice(l);
+                });
+                let (mut b, mut lb) = (vec![0f32; group * hd], vec![0f32; group]);
+                let tail = |i: usize| kv(shared_blocks + i);
+                attend_lse(kern, &shape(extra - 1), &q, group * hd, &tail, &mut |_, o, l| {
+                    b.copy_from_slice(o);
+                    lb.copy_from_slice(l);
+                });
+                for g in 0..group {
+                    merge_lse(&mut a[g * hd..(g + 1) * hd], &mut la[g], &b[g * hd..(g + 1) * hd], lb[g]);
+                }
+                for (i, (x, y)) in a.iter().zip(&want).enumerate() {
+                    prop_assert!((x - y).abs() <= 2e-5 * (1.0 + (hd as f32).sqrt()), "{kern:?} [{i}] {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn merging_with_an_empty_part_keeps_the_other() {
+        let (mut a, mut la) = (vec![1.0f32, 2.0], f32::NEG_INFINITY);
+        merge_lse(&mut a, &mut la, &[3.0, 4.0], 0.5);
+        assert_eq!((a.as_slice(), la), (&[3.0f32, 4.0][..], 0.5));
+        merge_lse(&mut a, &mut la, &[9.0, 9.0], f32::NEG_INFINITY);
+        assert_eq!((a.as_slice(), la), (&[3.0f32, 4.0][..], 0.5));
     }
 
     #[test]
