@@ -112,6 +112,10 @@ pub fn attend<'a>(
     attend_lse(kern, shape, q, q_stride, kv, &mut |r, out, _| emit(r, out));
 }
 
+/// Receives a row index, the row's outputs (query head after query head) and their
+/// log-denominators.
+pub type EmitLse<'e> = dyn FnMut(usize, &[f32], &[f32]) + 'e;
+
 /// As [`attend`], and `emit` also receives, per query head of the row, the log of the softmax
 /// denominator: `lse = max + ln Σ exp(score − max)` (−∞ when the row saw no key). Two
 /// attentions of the same queries over disjoint key sets combine into the attention over their
@@ -123,7 +127,7 @@ pub fn attend_lse<'a>(
     q: &[f32],
     q_stride: usize,
     kv: &dyn Fn(usize) -> KvRows<'a>,
-    emit: &mut dyn FnMut(usize, &[f32], &[f32]),
+    emit: &mut EmitLse<'_>,
 ) {
     let s = shape;
     if s.rows == 0 || s.group == 0 || s.head_dim == 0 {

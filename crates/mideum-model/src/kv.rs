@@ -79,6 +79,13 @@ impl SeqKv {
     pub(crate) fn block_of(&self, pos: usize) -> BlockId {
         self.blocks[pos / BLOCK_TOKENS]
     }
+
+    /// The block table: block `i` holds positions `i * BLOCK_TOKENS..`. Two sequences that
+    /// hold the same block id share those positions (only full, registered blocks are shared;
+    /// a partial match is copied).
+    pub(crate) fn blocks(&self) -> &[BlockId] {
+        &self.blocks
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

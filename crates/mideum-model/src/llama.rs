@@ -12,7 +12,7 @@ use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::kv::{KvPool, KvType, SeqKv, BLOCK_TOKENS};
 use crate::tensor::Tensor;
-use mideum_kernels::attn::{attend, AttnKernel, AttnShape};
+use mideum_kernels::attn::{attend, attend_lse, merge_lse, AttnKernel, AttnShape};
 use mideum_kernels::ops::{add_assign, rmsnorm, rope, silu_mul};
 use mideum_kernels::par::DisjointSlice;
 use mideum_kernels::{matmul, matmul_multi_rmsnorm, DotKernel, RopeLayout, ThreadPool};
@@ -63,7 +63,25 @@ struct AttnTask {
     row0: u32,
     rows: u32,
     kvh: u32,
+    /// Cascade member (see [`Cascade`]): index into `Workspace::casc_rows`, or `u32::MAX`.
+    member: u32,
 }
+
+/// Decode rows of sequences that begin with the same cached blocks (a shared system prompt):
+/// each layer reads those blocks once for all of them (`shared` blocks of `lead`'s table, every
+/// member's queries in one `attend_lse` call per KV head), then each member attends its own
+/// blocks and the two parts are merged by their log-denominators.
+#[derive(Clone, Copy, Default)]
+struct Cascade {
+    lead: u32,
+    shared: u32,
+    /// Members: `casc_rows[first..first + n]`.
+    first: u32,
+    n: u32,
+}
+
+/// Fewest sequences sharing a prefix for the cascade to be used: with one, it is the plain path.
+const CASCADE_MIN: usize = 2;
 
 /// Query rows per prefill attention task: 16 rows × a GQA group of 4 share each K/V block
 /// read while it is in L1.
@@ -86,6 +104,15 @@ struct Workspace {
     sin: Vec<f32>,
     inv_freq: Vec<f32>,
     tasks: Vec<AttnTask>,
+    /// Cascade groups, their members' batch rows, the items sorted by first block (scratch),
+    /// and per (group, KV head) the members' gathered queries, shared-part outputs and
+    /// log-denominators.
+    cascades: Vec<Cascade>,
+    casc_rows: Vec<u32>,
+    casc_order: Vec<u32>,
+    casc_q: Vec<f32>,
+    casc_out: Vec<f32>,
+    casc_lse: Vec<f32>,
     out_rows: Vec<usize>,
     normed: Vec<f32>,
     logits: Vec<f32>,
@@ -622,12 +649,77 @@ impl Llama {
         let scale = 1.0 / (hd as f32).sqrt();
         let group = c.num_heads / c.num_kv_heads;
 
+        // Cascades: decode rows (one new token) grouped by the first block of their sequence;
+        // a group of CASCADE_MIN or more shares the blocks its members' tables have in common,
+        // up to each member's last full block before its new position.
+        ws.cascades.clear();
+        ws.casc_rows.clear();
+        ws.casc_order.clear();
+        for (ii, it) in items.iter().enumerate() {
+            if it.tokens.len() == 1 && it.seq.len() >= BLOCK_TOKENS {
+                ws.casc_order.push(ii as u32);
+            }
+        }
+        ws.casc_order
+            .sort_unstable_by_key(|&ii| items[ii as usize].seq.blocks()[0]);
+        let mut i = 0;
+        while i < ws.casc_order.len() {
+            let first = items[ws.casc_order[i] as usize].seq.blocks()[0];
+            let mut j = i + 1;
+            while j < ws.casc_order.len()
+                && items[ws.casc_order[j] as usize].seq.blocks()[0] == first
+            {
+                j += 1;
+            }
+            if j - i >= CASCADE_MIN {
+                let lead = ws.casc_order[i] as usize;
+                let lb = items[lead].seq.blocks();
+                let shared = ws.casc_order[i..j]
+                    .iter()
+                    .map(|&m| {
+                        let s = &items[m as usize].seq;
+                        let own = s.blocks();
+                        let common = own.iter().zip(lb).take_while(|(a, b)| a == b).count();
+                        common.min(s.len() / BLOCK_TOKENS)
+                    })
+                    .min()
+                    .unwrap_or(0);
+                if shared > 0 {
+                    let first_member = ws.casc_rows.len();
+                    for &m in &ws.casc_order[i..j] {
+                        // The batch row of a one-token item: the tokens before it.
+                        let row: usize = items[..m as usize].iter().map(|it| it.tokens.len()).sum();
+                        ws.casc_rows.push(row as u32);
+                    }
+                    ws.cascades.push(Cascade {
+                        lead: lead as u32,
+                        shared: shared as u32,
+                        first: first_member as u32,
+                        n: (j - i) as u32,
+                    });
+                }
+            }
+            i = j;
+        }
+        let n_members = ws.casc_rows.len();
+        let casc_member_of = |row: usize, casc_rows: &[u32]| {
+            casc_rows
+                .iter()
+                .position(|&r| r as usize == row)
+                .map_or(u32::MAX, |m| m as u32)
+        };
+
         // Attention tasks: (sequence, KV head, chunk of query rows). A decode row is one task
         // per KV head; a prefill chunk is split so that both threads have work.
         ws.tasks.clear();
         let mut row0 = 0;
         for (ii, it) in items.iter().enumerate() {
             let n = it.tokens.len();
+            let member = if n == 1 {
+                casc_member_of(row0, &ws.casc_rows)
+            } else {
+                u32::MAX
+            };
             let mut r = 0;
             while r < n {
                 let rows = ATTN_ROWS.min(n - r);
@@ -637,6 +729,7 @@ impl Llama {
                         row0: (row0 + r) as u32,
                         rows: rows as u32,
                         kvh: kvh as u32,
+                        member,
                     });
                 }
                 r += rows;
@@ -644,6 +737,10 @@ impl Llama {
             row0 += n;
         }
         let tasks = &ws.tasks[..];
+        let (cascades, casc_rows) = (&ws.cascades[..], &ws.casc_rows[..]);
+        let casc_q = grown(&mut ws.casc_q, n_members * qd);
+        let casc_out = grown(&mut ws.casc_out, n_members * qd);
+        let casc_lse = grown(&mut ws.casc_lse, n_members * c.num_heads);
 
         for (li, l) in self.layers.iter().enumerate() {
             matmul_multi_rmsnorm(
@@ -690,13 +787,106 @@ impl Llama {
                 );
             }
 
-            let dst = DisjointSlice::new(&mut *attn);
             let (qr, pool_r, items_r) = (&*q, &*pool, &*items);
             let akern = self.attn_kern;
+            let nkv = c.num_kv_heads;
+            if !cascades.is_empty() {
+                // The members' queries, per (cascade, KV head) side by side as one wide group.
+                for cg in cascades {
+                    let (first, n) = (cg.first as usize, cg.n as usize);
+                    for (mi, &row) in casc_rows[first..first + n].iter().enumerate() {
+                        for kvh in 0..nkv {
+                            let at = ((first * nkv + kvh * n + mi) * group) * hd;
+                            let from = row as usize * qd + kvh * group * hd;
+                            casc_q[at..at + group * hd]
+                                .copy_from_slice(&qr[from..from + group * hd]);
+                        }
+                    }
+                }
+                let (outs, lses) = (
+                    DisjointSlice::new(&mut *casc_out),
+                    DisjointSlice::new(&mut *casc_lse),
+                );
+                let cq = &*casc_q;
+                tp.for_each(cascades.len() * nkv, &|ti| {
+                    let (cg, kvh) = (cascades[ti / nkv], ti % nkv);
+                    let (first, n) = (cg.first as usize, cg.n as usize);
+                    let lead = &*items_r[cg.lead as usize].seq;
+                    let wide = n * group;
+                    let shape = AttnShape {
+                        head_dim: hd,
+                        group: wide,
+                        rows: 1,
+                        pos0: cg.shared as usize * BLOCK_TOKENS - 1,
+                        block: BLOCK_TOKENS,
+                        scale,
+                    };
+                    let at = (first * nkv + kvh * n) * group;
+                    attend_lse(
+                        akern,
+                        &shape,
+                        &cq[at * hd..(at + wide) * hd],
+                        wide * hd,
+                        &|b| pool_r.head_rows(lead, li, b, kvh),
+                        &mut |_, out, lse| {
+                            // SAFETY: task (cascade, KV head) owns this region of both buffers.
+                            unsafe { outs.range(at * hd, (at + wide) * hd) }.copy_from_slice(out);
+                            unsafe { lses.range(at, at + wide) }.copy_from_slice(lse);
+                        },
+                    );
+                });
+            }
+            let (c_out, c_lse) = (&*casc_out, &*casc_lse);
+            let dst = DisjointSlice::new(&mut *attn);
             tp.for_each(tasks.len(), &|ti| {
                 let tk = tasks[ti];
                 let (row0, kvh) = (tk.row0 as usize, tk.kvh as usize);
                 let seq = &*items_r[tk.item as usize].seq;
+                let col = kvh * group * hd;
+                if tk.member != u32::MAX {
+                    // A cascade member: its own blocks past the shared ones, merged with the
+                    // shared part computed above.
+                    let m = tk.member as usize;
+                    let Some(cg) = cascades
+                        .iter()
+                        .find(|g| (g.first as usize..(g.first + g.n) as usize).contains(&m))
+                    else {
+                        return;
+                    };
+                    let (first, n, skip) = (cg.first as usize, cg.n as usize, cg.shared as usize);
+                    let at = (first * nkv + kvh * n + (m - first)) * group;
+                    let shape = AttnShape {
+                        head_dim: hd,
+                        group,
+                        rows: 1,
+                        pos0: row_pos[row0] as usize - skip * BLOCK_TOKENS,
+                        block: BLOCK_TOKENS,
+                        scale,
+                    };
+                    attend_lse(
+                        akern,
+                        &shape,
+                        &qr[row0 * qd + col..],
+                        qd,
+                        &|b| pool_r.head_rows(seq, li, skip + b, kvh),
+                        &mut |_, out, lse| {
+                            let o = row0 * qd + col;
+                            // SAFETY: as below: (row, KV head) belongs to this task alone.
+                            let d = unsafe { dst.range(o, o + group * hd) };
+                            d.copy_from_slice(&c_out[at * hd..(at + group) * hd]);
+                            for g in 0..group {
+                                let mut la = c_lse[at + g];
+                                merge_lse(
+                                    &mut d[g * hd..(g + 1) * hd],
+                                    &mut la,
+                                    &out[g * hd..(g + 1) * hd],
+                                    lse[g],
+                                );
+                            }
+                        },
+                    );
+                    return;
+                }
                 let shape = AttnShape {
                     head_dim: hd,
                     group,
@@ -705,7 +895,6 @@ impl Llama {
                     block: BLOCK_TOKENS,
                     scale,
                 };
-                let col = kvh * group * hd;
                 attend(
                     akern,
                     &shape,
