@@ -87,16 +87,19 @@ def test_completion_echo_without_logprobs(client, mini):
 def test_completion_streaming(client, mini):
     kw = dict(model=mini, prompt=PROMPT, max_tokens=8, temperature=0, extra_body=NO_EOS)
     full = client.completions.create(**kw)
-    text, finish, usage = "", None, None
+    text, finish, usage, token_chunks = "", None, None, 0
     for ch in client.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
         if ch.usage is not None:
             usage = ch.usage
         for c in ch.choices:
             text += c.text
             finish = c.finish_reason or finish
+            token_chunks += c.finish_reason is None
     assert text == full.choices[0].text
     assert finish == "length"
     assert usage is not None and usage.completion_tokens == 8
+    # One chunk per token as it is made, even when its text is held back (a partial character).
+    assert token_chunks == 8
 
 
 def test_completion_seed_reproducible(client, gguf):

@@ -338,9 +338,10 @@ async fn run(st: Arc<AppState>, body: &[u8]) -> ApiResult<Response> {
                 } else {
                     Value::Null
                 };
-                if !text.is_empty() || logprobs.is_some() {
-                    out.push(one(text, lp, Value::Null));
-                }
+                // One chunk per generated token, also when its text is still held back (the
+                // first bytes of a multi-byte character, a possible stop-string start), as
+                // llama-server and vLLM stream: a client sees the first token when it is made.
+                out.push(one(text, lp, Value::Null));
             }
             Event::Done {
                 text,
