@@ -486,13 +486,16 @@ mod x86 {
             assert!(scales.len() >= rows * gpr);
             for j in 0..rows {
                 for g in 0..gpr {
-                    let d = super::f16_to_f32(scales[j * gpr + g]);
+                    let bits = scales[j * gpr + g];
                     let (a, b) = (j * hd + g * Q8_GROUP, j * hd + ((g + 1) * Q8_GROUP).min(hd));
                     let mut i = a;
                     // SAFETY: reads 8 i8 and writes 8 f32 at i with i + 8 <= b <= rows * hd,
                     // within both slices; this impl is only instantiated inside `run_avx2` (or
-                    // the test wrapper), which require AVX2.
-                    unsafe {
+                    // the test wrapper), which require AVX2 and F16C.
+                    let d = unsafe {
+                        // F16C widens the scale exactly, as `f16_to_f32` does, without the
+                        // per-call feature check of the portable conversion.
+                        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
                         let dv = _mm256_set1_ps(d);
                         while i + 8 <= b {
                             let x = _mm_loadl_epi64(src.as_ptr().add(i) as *const __m128i);
@@ -500,7 +503,8 @@ mod x86 {
                             _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_mul_ps(f, dv));
                             i += 8;
                         }
-                    }
+                        d
+                    };
                     for e in i..b {
                         dst[e] = src[e] as f32 * d;
                     }
