@@ -1,11 +1,15 @@
 //! Causal attention for one KV head and every query head that shares it (grouped-query
-//! attention), over a KV cache stored in fixed-size blocks of f32 or f16 rows.
+//! attention), over a KV cache stored in fixed-size blocks of f32, f16 or q8_0 rows.
 //!
 //! Each key and value row is read from memory once per call for all the queries of the group
 //! (and all the query rows of a prefill chunk): a block is widened to f32 into an L1-sized
 //! buffer, then every query is scored against it and folded into its output with an online
 //! ("flash") softmax, so no score vector as long as the context is ever stored. `scalar` is the
 //! reference twin of the AVX2 path (F16C for the widening, FMA, a polynomial `exp`).
+//!
+//! A q8_0 block (llama.cpp's `-ctk q8_0` layout: groups of [`Q8_GROUP`] int8 values along each
+//! head row, one f16 scale per group) is dequantized into the same f32 buffer, so the scoring
+//! and mixing that follow are the same code for every cache type.
 
 use crate::dot::f16_to_f32;
 use std::cell::RefCell;
@@ -13,8 +17,57 @@ use std::cell::RefCell;
 /// One block of one KV head: `block` rows of `head_dim` keys, then the same for values.
 #[derive(Clone, Copy, Debug)]
 pub enum KvRows<'a> {
-    F32 { k: &'a [f32], v: &'a [f32] },
-    F16 { k: &'a [u16], v: &'a [u16] },
+    F32 {
+        k: &'a [f32],
+        v: &'a [f32],
+    },
+    F16 {
+        k: &'a [u16],
+        v: &'a [u16],
+    },
+    /// q8_0: `k`/`v` hold `block × head_dim` int8 values; row `j`'s group `g` (values
+    /// `g * Q8_GROUP..` of the row, the last group shorter when `head_dim` is not a multiple
+    /// of [`Q8_GROUP`]) is scaled by f16 `ks`/`vs[j * head_dim.div_ceil(Q8_GROUP) + g]`.
+    Q8 {
+        k: &'a [i8],
+        v: &'a [i8],
+        ks: &'a [u16],
+        vs: &'a [u16],
+    },
+}
+
+/// Values per scale in a q8_0 KV row (llama.cpp's `QK8_0`).
+pub const Q8_GROUP: usize = 32;
+
+/// Quantizes one head row `x` into `q` (same length) and one f16 scale per [`Q8_GROUP`]
+/// values into `scales` (`x.len().div_ceil(Q8_GROUP)`), as llama.cpp's `quantize_row_q8_0`:
+/// scale = max |x| / 127, values rounded to nearest. The quotient uses the scale as stored
+/// (rounded to f16), so what is read back is the nearest multiple of that scale.
+pub fn quantize_q8(x: &[f32], q: &mut [i8], scales: &mut [u16]) {
+    for ((xs, qs), d) in x
+        .chunks(Q8_GROUP)
+        .zip(q.chunks_mut(Q8_GROUP))
+        .zip(scales.iter_mut())
+    {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let dh = half::f16::from_f32(amax / 127.0);
+        let df = dh.to_f32();
+        let id = if df > 0.0 && df.is_finite() {
+            1.0 / df
+        } else {
+            0.0
+        };
+        for (o, &v) in qs.iter_mut().zip(xs) {
+            *o = (v * id).round().clamp(-127.0, 127.0) as i8;
+        }
+        *d = dh.to_bits();
+    }
+}
+
+/// Dequantizes q8_0 rows of `hd` values (`src`, scales as in [`KvRows::Q8`]) into `dst`
+/// (the reference: `dst[i] = src[i] * scale`).
+pub fn dequant_q8(src: &[i8], scales: &[u16], hd: usize, dst: &mut [f32]) {
+    ScalarOps::widen_q8(src, scales, hd, dst)
 }
 
 /// The shape of one attention call.
@@ -192,6 +245,9 @@ pub fn merge_lse(a: &mut [f32], lse_a: &mut f32, b: &[f32], lse_b: f32) {
 trait Ops {
     /// Widens `src` (f16 bits) into `dst` (same length).
     fn widen(src: &[u16], dst: &mut [f32]);
+    /// Dequantizes `src` (q8_0 rows of `hd` values, scales as in [`KvRows::Q8`]) into `dst`
+    /// (same length as `src`).
+    fn widen_q8(src: &[i8], scales: &[u16], hd: usize, dst: &mut [f32]);
     /// `out[j] = scale * q · k[j * hd..][..hd]` for `j < out.len()`.
     fn scores(q: &[f32], k: &[f32], hd: usize, scale: f32, out: &mut [f32]);
     /// `x[i] = exp(x[i] - m)`, returning the sum.
@@ -221,6 +277,12 @@ fn run<'a, O: Ops>(
             KvRows::F16 { k, v } => {
                 O::widen(&k[..jn * hd], &mut sc.kbuf[..jn * hd]);
                 O::widen(&v[..jn * hd], &mut sc.vbuf[..jn * hd]);
+                (&sc.kbuf[..jn * hd], &sc.vbuf[..jn * hd])
+            }
+            KvRows::Q8 { k, v, ks, vs } => {
+                let ns = jn * hd.div_ceil(Q8_GROUP);
+                O::widen_q8(&k[..jn * hd], &ks[..ns], hd, &mut sc.kbuf[..jn * hd]);
+                O::widen_q8(&v[..jn * hd], &vs[..ns], hd, &mut sc.vbuf[..jn * hd]);
                 (&sc.kbuf[..jn * hd], &sc.vbuf[..jn * hd])
             }
         };
@@ -275,6 +337,18 @@ impl Ops for ScalarOps {
         }
     }
 
+    fn widen_q8(src: &[i8], scales: &[u16], hd: usize, dst: &mut [f32]) {
+        let gpr = hd.div_ceil(Q8_GROUP);
+        for (j, (sr, dr)) in src.chunks(hd).zip(dst.chunks_mut(hd)).enumerate() {
+            for (g, (sg, dg)) in sr.chunks(Q8_GROUP).zip(dr.chunks_mut(Q8_GROUP)).enumerate() {
+                let d = f16_to_f32(scales[j * gpr + g]);
+                for (o, &x) in dg.iter_mut().zip(sg) {
+                    *o = x as f32 * d;
+                }
+            }
+        }
+    }
+
     fn scores(q: &[f32], k: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
         for (j, o) in out.iter_mut().enumerate() {
             let kr = &k[j * hd..(j + 1) * hd];
@@ -320,6 +394,16 @@ pub fn attend_naive<'a>(
                 .iter()
                 .map(|&h| f16_to_f32(h))
                 .collect(),
+            KvRows::Q8 { k, v, ks, vs } => {
+                let (x, sc) = if is_v { (v, vs) } else { (k, ks) };
+                let gpr = hd.div_ceil(Q8_GROUP);
+                let row = &sc[(j % s.block) * gpr..][..gpr];
+                x[o..o + hd]
+                    .iter()
+                    .enumerate()
+                    .map(|(e, &q)| q as f32 * f16_to_f32(row[e / Q8_GROUP]))
+                    .collect()
+            }
         }
     };
     for r in 0..s.rows {
@@ -355,7 +439,7 @@ pub fn attend_naive<'a>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{run, AttnShape, KvRows, Ops, Scratch};
+    use super::{run, AttnShape, KvRows, Ops, Scratch, Q8_GROUP};
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -369,6 +453,16 @@ mod x86 {
         sc: &mut Scratch,
     ) {
         run::<Avx2Ops>(s, q, q_stride, kv, sc)
+    }
+
+    /// The AVX2 `widen_q8` on its own (for the test against the scalar twin).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn widen_q8_avx2(src: &[i8], scales: &[u16], hd: usize, dst: &mut [f32]) {
+        Avx2Ops::widen_q8(src, scales, hd, dst)
     }
 
     struct Avx2Ops;
@@ -426,6 +520,39 @@ mod x86 {
             }
             for j in i..n {
                 dst[j] = super::f16_to_f32(src[j]);
+            }
+        }
+
+        #[inline(always)]
+        fn widen_q8(src: &[i8], scales: &[u16], hd: usize, dst: &mut [f32]) {
+            let gpr = hd.div_ceil(Q8_GROUP);
+            let rows = src.len().min(dst.len()) / hd;
+            assert!(scales.len() >= rows * gpr);
+            for j in 0..rows {
+                for g in 0..gpr {
+                    let bits = scales[j * gpr + g];
+                    let (a, b) = (j * hd + g * Q8_GROUP, j * hd + ((g + 1) * Q8_GROUP).min(hd));
+                    let mut i = a;
+                    // SAFETY: reads 8 i8 and writes 8 f32 at i with i + 8 <= b <= rows * hd,
+                    // within both slices; this impl is only instantiated inside `run_avx2` (or
+                    // the test wrapper), which require AVX2 and F16C.
+                    let d = unsafe {
+                        // F16C widens the scale exactly, as `f16_to_f32` does, without the
+                        // per-call feature check of the portable conversion.
+                        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+                        let dv = _mm256_set1_ps(d);
+                        while i + 8 <= b {
+                            let x = _mm_loadl_epi64(src.as_ptr().add(i) as *const __m128i);
+                            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x));
+                            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_mul_ps(f, dv));
+                            i += 8;
+                        }
+                        d
+                    };
+                    for e in i..b {
+                        dst[e] = src[e] as f32 * d;
+                    }
+                }
             }
         }
 
@@ -592,7 +719,7 @@ mod tests {
         #[test]
         fn every_path_matches_the_naive_softmax(
             hd in 1usize..80, group in 1usize..5, rows in 1usize..6, pos0 in 0usize..70,
-            block in 1usize..20, f16 in any::<bool>(), big in any::<bool>(), seed in 0u32..10000,
+            block in 1usize..20, ty in 0u8..3, big in any::<bool>(), seed in 0u32..10000,
         ) {
             let mut r = rnd(seed);
             // `big` makes scores span a wide range (sharp softmax, underflowing exps).
@@ -603,14 +730,31 @@ mod tests {
             let vf: Vec<f32> = (0..n_blocks * block * hd).map(|_| r()).collect();
             let kh: Vec<u16> = kf.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
             let vh: Vec<u16> = vf.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+            // q8_0: each head row quantized on its own, as the KV pool writes it.
+            let gpr = hd.div_ceil(Q8_GROUP);
+            let q8 = |x: &[f32]| {
+                let mut q = vec![0i8; x.len()];
+                let mut sc = vec![0u16; x.len() / hd * gpr];
+                for ((xr, qr), sr) in x.chunks(hd).zip(q.chunks_mut(hd)).zip(sc.chunks_mut(gpr)) {
+                    quantize_q8(xr, qr, sr);
+                }
+                (q, sc)
+            };
+            let ((kq, ks), (vq, vs)) = (q8(&kf), q8(&vf));
             let q_stride = group * hd + 3;
             let q: Vec<f32> = (0..rows * q_stride).map(|_| r()).collect();
             let shape = AttnShape { head_dim: hd, group, rows, pos0, block, scale: 1.0 / (hd as f32).sqrt() };
             let bl = block * hd;
-            let kv = |b: usize| if f16 {
-                KvRows::F16 { k: &kh[b * bl..(b + 1) * bl], v: &vh[b * bl..(b + 1) * bl] }
-            } else {
-                KvRows::F32 { k: &kf[b * bl..(b + 1) * bl], v: &vf[b * bl..(b + 1) * bl] }
+            let sl = block * gpr;
+            let kv = |b: usize| match ty {
+                0 => KvRows::F32 { k: &kf[b * bl..(b + 1) * bl], v: &vf[b * bl..(b + 1) * bl] },
+                1 => KvRows::F16 { k: &kh[b * bl..(b + 1) * bl], v: &vh[b * bl..(b + 1) * bl] },
+                _ => KvRows::Q8 {
+                    k: &kq[b * bl..(b + 1) * bl],
+                    v: &vq[b * bl..(b + 1) * bl],
+                    ks: &ks[b * sl..(b + 1) * sl],
+                    vs: &vs[b * sl..(b + 1) * sl],
+                },
             };
             let mut want = vec![0f32; rows * group * hd];
             attend_naive(&shape, &q, q_stride, &kv, &mut want);
@@ -671,6 +815,38 @@ mod tests {
                 }
             }
         }
+
+        #[test]
+        fn avx2_q8_dequant_is_identical_to_scalar(
+            hd in 1usize..140, rows in 1usize..20, seed in 0u32..10000, amp in 0.001f32..100.0,
+        ) {
+            let mut r = rnd(seed);
+            let gpr = hd.div_ceil(Q8_GROUP);
+            let x: Vec<f32> = (0..rows * hd).map(|_| r() * amp).collect();
+            let mut q = vec![0i8; rows * hd];
+            let mut sc = vec![0u16; rows * gpr];
+            for ((xr, qr), sr) in x.chunks(hd).zip(q.chunks_mut(hd)).zip(sc.chunks_mut(gpr)) {
+                quantize_q8(xr, qr, sr);
+            }
+            let mut want = vec![f32::NAN; rows * hd];
+            dequant_q8(&q, &sc, hd, &mut want);
+            // Round-to-nearest on the stored scale: within half a step of the input.
+            for (row, (xr, wr)) in x.chunks(hd).zip(want.chunks(hd)).enumerate() {
+                for (e, (a, b)) in xr.iter().zip(wr).enumerate() {
+                    let d = f16_to_f32(sc[row * gpr + e / Q8_GROUP]);
+                    prop_assert!((a - b).abs() <= d * 0.5001 + 1e-7, "{a} vs {b} (scale {d})");
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if AttnKernel::available().contains(&AttnKernel::Avx2) {
+                let mut got = vec![f32::NAN; rows * hd];
+                // SAFETY: `available` lists Avx2 only when AVX2, FMA and F16C are present.
+                unsafe { x86::widen_q8_avx2(&q, &sc, hd, &mut got) };
+                for (a, b) in got.iter().zip(&want) {
+                    prop_assert_eq!(a.to_bits(), b.to_bits());
+                }
+            }
+        }
     }
 
     #[test]
@@ -680,6 +856,24 @@ mod tests {
         assert_eq!((a.as_slice(), la), (&[3.0f32, 4.0][..], 0.5));
         merge_lse(&mut a, &mut la, &[9.0, 9.0], f32::NEG_INFINITY);
         assert_eq!((a.as_slice(), la), (&[3.0f32, 4.0][..], 0.5));
+    }
+
+    #[test]
+    fn q8_quantization_handles_zero_rows_and_partial_groups() {
+        // 40 values: one full group of 32, then a partial group of 8 with its own scale.
+        let mut x = vec![0f32; 40];
+        x[32..].copy_from_slice(&[1.0, -2.0, 0.5, 0.0, 3.0, -3.0, 0.25, 1.5]);
+        let (mut q, mut sc) = (vec![1i8; 40], vec![0u16; 2]);
+        quantize_q8(&x, &mut q, &mut sc);
+        assert!(q[..32].iter().all(|&v| v == 0));
+        assert_eq!(f16_to_f32(sc[0]), 0.0);
+        assert_eq!(q[36], 127);
+        assert_eq!(q[37], -127);
+        let mut back = vec![f32::NAN; 40];
+        dequant_q8(&q, &sc, 40, &mut back);
+        for (a, b) in x.iter().zip(&back) {
+            assert!((a - b).abs() <= 3.0 / 254.0 * 1.001, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -14,9 +14,14 @@
 //! half as much, and a memory budget holds twice the tokens); f32 stays selectable. Inside a
 //! block, each (layer, K or V, KV head) owns `BLOCK_TOKENS × head_dim` contiguous elements, so
 //! attention streams one head's rows without striding over the others.
+//!
+//! `KvType::Q8` stores llama.cpp's q8_0 instead: each head row in groups of 32 int8 values
+//! with one f16 scale (34 bytes per 32 values, 53% of f16), quantized as it is written.
+//! The values of a (layer, K or V, head) are contiguous as above, and their scales (one per
+//! row and group) are contiguous in a second, parallel array of the block.
 
 use crate::error::{ModelError, Result};
-use mideum_kernels::attn::KvRows;
+use mideum_kernels::attn::{quantize_q8, KvRows, Q8_GROUP};
 use std::collections::{BTreeMap, HashMap};
 
 /// Positions per block.
@@ -107,6 +112,8 @@ pub enum KvType {
     #[default]
     F16,
     F32,
+    /// llama.cpp's q8_0: int8 values, one f16 scale per 32 values of a head row.
+    Q8,
 }
 
 impl KvType {
@@ -114,14 +121,20 @@ impl KvType {
         match s.to_ascii_lowercase().as_str() {
             "f16" => Some(KvType::F16),
             "f32" => Some(KvType::F32),
+            "q8_0" | "q8" => Some(KvType::Q8),
             _ => None,
         }
     }
 
-    pub fn bytes(self) -> usize {
+    /// Every accepted `--kv-type` name, for error messages.
+    pub const NAMES: &'static str = "f16, f32, q8_0";
+
+    /// Bytes of one head row of `head_dim` keys (or values), scales included.
+    pub fn row_bytes(self, head_dim: usize) -> usize {
         match self {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
+            KvType::F16 => 2 * head_dim,
+            KvType::F32 => 4 * head_dim,
+            KvType::Q8 => head_dim + 2 * head_dim.div_ceil(Q8_GROUP),
         }
     }
 
@@ -129,6 +142,7 @@ impl KvType {
         match self {
             KvType::F16 => "f16",
             KvType::F32 => "f32",
+            KvType::Q8 => "q8_0",
         }
     }
 }
@@ -136,6 +150,22 @@ impl KvType {
 enum Storage {
     F32(Vec<Box<[f32]>>),
     F16(Vec<Box<[u16]>>),
+    /// Per block: the int8 values (laid out as f16/f32 elements are) and the f16 scales.
+    Q8(Vec<Box<[i8]>>, Vec<Box<[u16]>>),
+}
+
+/// Copies block `from` of `v` over block `to`.
+fn copy_within<T: Copy>(v: &mut [Box<[T]>], from: usize, to: usize) {
+    if from == to {
+        return;
+    }
+    let (a, b) = (from.min(to), from.max(to));
+    let (lo, hi) = v.split_at_mut(b);
+    if from < to {
+        hi[0].copy_from_slice(&lo[a]);
+    } else {
+        lo[a].copy_from_slice(&hi[0]);
+    }
 }
 
 impl Storage {
@@ -143,35 +173,29 @@ impl Storage {
         match self {
             Storage::F32(v) => v.len(),
             Storage::F16(v) => v.len(),
+            Storage::Q8(v, _) => v.len(),
         }
     }
 
-    fn push_block(&mut self, elems: usize) {
+    /// Adds a zeroed block of `elems` values (and `scales` q8 scales).
+    fn push_block(&mut self, elems: usize, scales: usize) {
         match self {
             Storage::F32(v) => v.push(vec![0f32; elems].into_boxed_slice()),
             Storage::F16(v) => v.push(vec![0u16; elems].into_boxed_slice()),
+            Storage::Q8(v, s) => {
+                v.push(vec![0i8; elems].into_boxed_slice());
+                s.push(vec![0u16; scales].into_boxed_slice());
+            }
         }
     }
 
     fn copy_block(&mut self, from: usize, to: usize) {
         match self {
-            Storage::F32(v) => {
-                let (a, b) = (from.min(to), from.max(to));
-                let (lo, hi) = v.split_at_mut(b);
-                if from < to {
-                    hi[0].copy_from_slice(&lo[a]);
-                } else {
-                    lo[a].copy_from_slice(&hi[0]);
-                }
-            }
-            Storage::F16(v) => {
-                let (a, b) = (from.min(to), from.max(to));
-                let (lo, hi) = v.split_at_mut(b);
-                if from < to {
-                    hi[0].copy_from_slice(&lo[a]);
-                } else {
-                    lo[a].copy_from_slice(&hi[0]);
-                }
+            Storage::F32(v) => copy_within(v, from, to),
+            Storage::F16(v) => copy_within(v, from, to),
+            Storage::Q8(v, s) => {
+                copy_within(v, from, to);
+                copy_within(s, from, to);
             }
         }
     }
@@ -218,6 +242,7 @@ impl KvPool {
             storage: match kv_type {
                 KvType::F16 => Storage::F16(Vec::new()),
                 KvType::F32 => Storage::F32(Vec::new()),
+                KvType::Q8 => Storage::Q8(Vec::new(), Vec::new()),
             },
             refcount: Vec::new(),
             key_of: Vec::new(),
@@ -233,9 +258,14 @@ impl KvPool {
         }
     }
 
-    /// Bytes one block takes (keys and values of every layer).
-    pub fn block_bytes(layers: usize, kv_dim: usize, kv_type: KvType) -> usize {
-        layers * 2 * BLOCK_TOKENS * kv_dim * kv_type.bytes()
+    /// Bytes one block takes (keys and values of every layer, q8 scales included).
+    pub fn block_bytes(
+        layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        kv_type: KvType,
+    ) -> usize {
+        layers * 2 * BLOCK_TOKENS * n_kv_heads * kv_type.row_bytes(head_dim)
     }
 
     pub fn kv_type(&self) -> KvType {
@@ -253,6 +283,16 @@ impl KvPool {
 
     fn block_elems(&self) -> usize {
         self.layers * 2 * BLOCK_TOKENS * self.n_kv_heads * self.head_dim
+    }
+
+    /// q8 scales per head row.
+    fn row_groups(&self) -> usize {
+        self.head_dim.div_ceil(Q8_GROUP)
+    }
+
+    /// q8 scales per block.
+    fn block_scales(&self) -> usize {
+        self.layers * 2 * BLOCK_TOKENS * self.n_kv_heads * self.row_groups()
     }
 
     pub fn max_blocks(&self) -> usize {
@@ -290,8 +330,8 @@ impl KvPool {
             b
         } else if self.storage.len() < self.max_blocks {
             let b = self.storage.len() as BlockId;
-            let elems = self.block_elems();
-            self.storage.push_block(elems);
+            let (elems, scales) = (self.block_elems(), self.block_scales());
+            self.storage.push_block(elems, scales);
             self.refcount.push(0);
             self.key_of.push(None);
             self.last_used.push(0);
@@ -565,7 +605,8 @@ impl KvPool {
 
     /// Bytes of block storage allocated so far.
     pub fn allocated_bytes(&self) -> usize {
-        self.storage.len() * self.block_elems() * self.kv_type.bytes()
+        self.storage.len()
+            * Self::block_bytes(self.layers, self.n_kv_heads, self.head_dim, self.kv_type)
     }
 
     /// Offset of (layer, k-or-v, KV head) inside a block: `BLOCK_TOKENS × head_dim` elements.
@@ -596,6 +637,13 @@ impl KvPool {
                         *d = half::f16::from_f32(x).to_bits();
                     }
                 }
+                Storage::Q8(st, sc) => {
+                    let g = hd.div_ceil(Q8_GROUP);
+                    let kso = ko / hd * g;
+                    let vso = vo / hd * g;
+                    quantize_q8(ks, &mut st[b][ko..ko + hd], &mut sc[b][kso..kso + g]);
+                    quantize_q8(vs, &mut st[b][vo..vo + hd], &mut sc[b][vso..vso + g]);
+                }
             }
         }
     }
@@ -622,6 +670,20 @@ impl KvPool {
                 k: &st[b][ko..ko + n],
                 v: &st[b][vo..vo + n],
             },
+            Storage::Q8(st, sc) => {
+                let g = self.row_groups();
+                let (kso, vso, ns) = (
+                    ko / self.head_dim * g,
+                    vo / self.head_dim * g,
+                    BLOCK_TOKENS * g,
+                );
+                KvRows::Q8 {
+                    k: &st[b][ko..ko + n],
+                    v: &st[b][vo..vo + n],
+                    ks: &sc[b][kso..kso + ns],
+                    vs: &sc[b][vso..vso + ns],
+                }
+            }
         }
     }
 }
@@ -711,6 +773,20 @@ mod tests {
                     .map(|&h| half::f16::from_bits(h).to_f32())
                     .collect(),
             ),
+            KvRows::Q8 { k, v, ks, vs } => {
+                let g = hd.div_ceil(Q8_GROUP);
+                let so = (pos % BLOCK_TOKENS) * g;
+                let deq = |x: &[i8], s: &[u16]| -> Vec<f32> {
+                    x[o..o + hd]
+                        .iter()
+                        .enumerate()
+                        .map(|(e, &q)| {
+                            q as f32 * half::f16::from_bits(s[so + e / Q8_GROUP]).to_f32()
+                        })
+                        .collect()
+                };
+                (deq(k, ks), deq(v, vs))
+            }
         }
     }
 
@@ -734,6 +810,7 @@ mod tests {
             let round = |x: f32| match kv_type {
                 KvType::F16 => half::f16::from_f32(x).to_f32(),
                 KvType::F32 => x,
+                KvType::Q8 => unreachable!("q8 has its own test"),
             };
             for l in 0..layers {
                 for p in [0, 15, 16, 19] {
@@ -748,9 +825,74 @@ mod tests {
             }
             assert_eq!(
                 pool.allocated_bytes(),
-                2 * KvPool::block_bytes(layers, heads * hd, kv_type)
+                2 * KvPool::block_bytes(layers, heads, hd, kv_type)
             );
         }
+    }
+
+    #[test]
+    fn q8_rows_read_back_within_quantization_error() {
+        // Head dims below, at and above one q8 group, and one with a partial last group.
+        for hd in [4, 32, 40, 128] {
+            let (layers, heads) = (2, 3);
+            let mut pool = KvPool::new(layers, heads, hd, 8, KvType::Q8);
+            let mut seq = SeqKv::default();
+            pool.reserve(&mut seq, 20).unwrap();
+            // Per-head magnitudes that differ a lot, so one scale for all would fail.
+            let val = |l: usize, p: usize, i: usize, v: bool| {
+                let mag = [0.01f32, 1.0, 50.0][i / hd];
+                let x = ((l * 7919 + p * 104_729 + i * 31 + v as usize * 17) % 1000) as f32;
+                mag * (x / 500.0 - 1.0)
+            };
+            for l in 0..layers {
+                for p in 0..20 {
+                    let k: Vec<f32> = (0..heads * hd).map(|i| val(l, p, i, false)).collect();
+                    let v: Vec<f32> = (0..heads * hd).map(|i| val(l, p, i, true)).collect();
+                    pool.write(&seq, l, p, &k, &v);
+                }
+            }
+            for l in 0..layers {
+                for p in 0..20 {
+                    for h in 0..heads {
+                        let (k, v) = head_vals(&pool, &seq, l, p, h);
+                        for (is_v, got) in [(false, &k), (true, &v)] {
+                            let want: Vec<f32> =
+                                (0..hd).map(|d| val(l, p, h * hd + d, is_v)).collect();
+                            for (gi, (wg, gg)) in
+                                want.chunks(Q8_GROUP).zip(got.chunks(Q8_GROUP)).enumerate()
+                            {
+                                let amax = wg.iter().fold(0f32, |m, x| m.max(x.abs()));
+                                // Half a step of amax / 127, plus the scale's f16 rounding.
+                                let tol = amax / 254.0 * 1.002 + 1e-7;
+                                for (a, b) in wg.iter().zip(gg) {
+                                    assert!(
+                                        (a - b).abs() <= tol,
+                                        "hd {hd} l {l} p {p} h {h} v {is_v} group {gi}: {a} vs {b}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // 1 byte per value plus 2 per 32-value group (rounded up per row).
+            let per_block = layers * 2 * BLOCK_TOKENS * heads * (hd + 2 * hd.div_ceil(32));
+            assert_eq!(
+                KvPool::block_bytes(layers, heads, hd, KvType::Q8),
+                per_block
+            );
+            assert_eq!(pool.allocated_bytes(), 2 * per_block);
+        }
+    }
+
+    #[test]
+    fn kv_type_names_parse_back() {
+        for t in [KvType::F16, KvType::F32, KvType::Q8] {
+            assert_eq!(KvType::parse(t.name()), Some(t));
+            assert!(KvType::NAMES.contains(t.name()));
+        }
+        assert_eq!(KvType::parse("Q8"), Some(KvType::Q8));
+        assert_eq!(KvType::parse("q4_0"), None);
     }
 
     #[test]
@@ -837,44 +979,47 @@ mod tests {
 
     #[test]
     fn a_prefix_ending_mid_block_reuses_a_copy_of_the_cached_block() {
-        let mut pool = KvPool::new(2, 2, 4, 16, KvType::F32);
-        // Conversation A: a 20-token "system prompt" then its own tokens, 40 in all.
-        let mut pa: Vec<u32> = (0..20).collect();
-        pa.extend(500..520);
-        let mut a = computed(&mut pool, &pa, 0.0);
-        // Conversation B shares only the 20-token prefix: one full block and 4 positions of
-        // A's second block.
-        let mut pb: Vec<u32> = (0..20).collect();
-        pb.extend(900..915);
-        let mut b = SeqKv::default();
-        assert_eq!(pool.attach_prefix(&mut b, &pb), 20);
-        assert_eq!(pool.stats().prefix_partial_hit_tokens, 4);
-        assert_eq!(b.tokens(), &pb[..20]);
-        assert_eq!(b.blocks[0], a.blocks[0], "the full block is shared");
-        assert_ne!(
-            b.blocks[1], a.blocks[1],
-            "the partial block is a private copy"
-        );
-        for pos in 0..20 {
-            assert_eq!(all_rows(&pool, &b, pos), all_rows(&pool, &a, pos));
+        // Copies of q8 blocks carry their scales: rows compare equal as in f32.
+        for kv_type in [KvType::F32, KvType::Q8] {
+            let mut pool = KvPool::new(2, 2, 4, 16, kv_type);
+            // Conversation A: a 20-token "system prompt" then its own tokens, 40 in all.
+            let mut pa: Vec<u32> = (0..20).collect();
+            pa.extend(500..520);
+            let mut a = computed(&mut pool, &pa, 0.0);
+            // Conversation B shares only the 20-token prefix: one full block and 4 positions of
+            // A's second block.
+            let mut pb: Vec<u32> = (0..20).collect();
+            pb.extend(900..915);
+            let mut b = SeqKv::default();
+            assert_eq!(pool.attach_prefix(&mut b, &pb), 20);
+            assert_eq!(pool.stats().prefix_partial_hit_tokens, 4);
+            assert_eq!(b.tokens(), &pb[..20]);
+            assert_eq!(b.blocks[0], a.blocks[0], "the full block is shared");
+            assert_ne!(
+                b.blocks[1], a.blocks[1],
+                "the partial block is a private copy"
+            );
+            for pos in 0..20 {
+                assert_eq!(all_rows(&pool, &b, pos), all_rows(&pool, &a, pos));
+            }
+            // B writes its own tokens after the copied positions; A's block is untouched.
+            let before: Vec<_> = (16..32).map(|p| all_rows(&pool, &a, p)).collect();
+            pool.reserve(&mut b, 15).unwrap();
+            write_marks(&mut pool, &b, 20..35, 0.25);
+            pool.commit(&mut b, &pb[20..]);
+            let after: Vec<_> = (16..32).map(|p| all_rows(&pool, &a, p)).collect();
+            assert_eq!(before, after);
+            assert_ne!(all_rows(&pool, &b, 20), all_rows(&pool, &a, 20));
+            // B's block filled with its own tokens is registered under B's history.
+            let mut c = SeqKv::default();
+            let mut pc = pb.clone();
+            pc.push(7);
+            assert_eq!(pool.attach_prefix(&mut c, &pc), 32);
+            pool.release(&mut a);
+            pool.release(&mut b);
+            pool.release(&mut c);
+            assert_no_leak(&pool);
         }
-        // B writes its own tokens after the copied positions; A's block is untouched.
-        let before: Vec<_> = (16..32).map(|p| all_rows(&pool, &a, p)).collect();
-        pool.reserve(&mut b, 15).unwrap();
-        write_marks(&mut pool, &b, 20..35, 0.25);
-        pool.commit(&mut b, &pb[20..]);
-        let after: Vec<_> = (16..32).map(|p| all_rows(&pool, &a, p)).collect();
-        assert_eq!(before, after);
-        assert_ne!(all_rows(&pool, &b, 20), all_rows(&pool, &a, 20));
-        // B's block filled with its own tokens is registered under B's history.
-        let mut c = SeqKv::default();
-        let mut pc = pb.clone();
-        pc.push(7);
-        assert_eq!(pool.attach_prefix(&mut c, &pc), 32);
-        pool.release(&mut a);
-        pool.release(&mut b);
-        pool.release(&mut c);
-        assert_no_leak(&pool);
     }
 
     #[test]
@@ -940,51 +1085,54 @@ mod tests {
 
     #[test]
     fn followers_extend_from_the_cache_and_from_a_running_block() {
-        let mut pool = KvPool::new(1, 2, 4, 16, KvType::F32);
-        let mut lead: Vec<u32> = (0..37).collect();
-        lead.extend(600..605);
-        let mut follow: Vec<u32> = (0..37).collect();
-        follow.extend(700..710);
-        // The leader has computed 20 positions so far: only its first block is cached.
-        let mut a = SeqKv::default();
-        pool.reserve(&mut a, 20).unwrap();
-        write_marks(&mut pool, &a, 0..20, 0.0);
-        pool.commit(&mut a, &lead[..20]);
-        let mut f = SeqKv::default();
-        assert_eq!(pool.attach_prefix(&mut f, &follow), 16);
-        assert_eq!(pool.extend_prefix(&mut f, &follow), 0, "nothing new yet");
-        // The leader computes the rest of its prompt: two full blocks and 10 positions.
-        pool.reserve(&mut a, 22).unwrap();
-        write_marks(&mut pool, &a, 20..42, 0.0);
-        pool.commit(&mut a, &lead[20..]);
-        // A block reserved but not written is given back to make room for the cached one.
-        pool.reserve(&mut f, 1).unwrap();
-        assert_eq!(pool.extend_prefix(&mut f, &follow), 16);
-        assert_eq!(f.len(), 32);
-        // The leader's third block is not full, so not cached: copy it from the leader.
-        let hits = pool.stats().prefix_hit_tokens;
-        assert_eq!(pool.share_partial(&a, &mut f, &follow), 5);
-        assert_eq!(pool.stats().prefix_hit_tokens, hits + 5);
-        assert_eq!(f.tokens(), &follow[..37]);
-        assert_ne!(f.blocks[2], a.blocks[2]);
-        for pos in 0..37 {
-            assert_eq!(all_rows(&pool, &f, pos), all_rows(&pool, &a, pos));
+        // Copies of q8 blocks carry their scales: rows compare equal as in f32.
+        for kv_type in [KvType::F32, KvType::Q8] {
+            let mut pool = KvPool::new(1, 2, 4, 16, kv_type);
+            let mut lead: Vec<u32> = (0..37).collect();
+            lead.extend(600..605);
+            let mut follow: Vec<u32> = (0..37).collect();
+            follow.extend(700..710);
+            // The leader has computed 20 positions so far: only its first block is cached.
+            let mut a = SeqKv::default();
+            pool.reserve(&mut a, 20).unwrap();
+            write_marks(&mut pool, &a, 0..20, 0.0);
+            pool.commit(&mut a, &lead[..20]);
+            let mut f = SeqKv::default();
+            assert_eq!(pool.attach_prefix(&mut f, &follow), 16);
+            assert_eq!(pool.extend_prefix(&mut f, &follow), 0, "nothing new yet");
+            // The leader computes the rest of its prompt: two full blocks and 10 positions.
+            pool.reserve(&mut a, 22).unwrap();
+            write_marks(&mut pool, &a, 20..42, 0.0);
+            pool.commit(&mut a, &lead[20..]);
+            // A block reserved but not written is given back to make room for the cached one.
+            pool.reserve(&mut f, 1).unwrap();
+            assert_eq!(pool.extend_prefix(&mut f, &follow), 16);
+            assert_eq!(f.len(), 32);
+            // The leader's third block is not full, so not cached: copy it from the leader.
+            let hits = pool.stats().prefix_hit_tokens;
+            assert_eq!(pool.share_partial(&a, &mut f, &follow), 5);
+            assert_eq!(pool.stats().prefix_hit_tokens, hits + 5);
+            assert_eq!(f.tokens(), &follow[..37]);
+            assert_ne!(f.blocks[2], a.blocks[2]);
+            for pos in 0..37 {
+                assert_eq!(all_rows(&pool, &f, pos), all_rows(&pool, &a, pos));
+            }
+            // Not block-aligned any more: neither kind of extension applies.
+            assert_eq!(pool.share_partial(&a, &mut f, &follow), 0);
+            assert_eq!(pool.extend_prefix(&mut f, &follow), 0);
+            // A prompt that leaves the leader's tokens earlier copies fewer positions; one with
+            // another history copies nothing.
+            let mut follow2 = follow.clone();
+            follow2[34] = 1234;
+            let mut g = SeqKv::default();
+            assert_eq!(pool.attach_prefix(&mut g, &follow2), 32);
+            assert_eq!(pool.share_partial(&a, &mut g, &follow2), 2);
+            let mut z = SeqKv::default();
+            assert_eq!(pool.share_partial(&a, &mut z, &[5, 6, 7]), 0);
+            for s in [&mut a, &mut f, &mut g, &mut z] {
+                pool.release(s);
+            }
+            assert_no_leak(&pool);
         }
-        // Not block-aligned any more: neither kind of extension applies.
-        assert_eq!(pool.share_partial(&a, &mut f, &follow), 0);
-        assert_eq!(pool.extend_prefix(&mut f, &follow), 0);
-        // A prompt that leaves the leader's tokens earlier copies fewer positions; one with
-        // another history copies nothing.
-        let mut follow2 = follow.clone();
-        follow2[34] = 1234;
-        let mut g = SeqKv::default();
-        assert_eq!(pool.attach_prefix(&mut g, &follow2), 32);
-        assert_eq!(pool.share_partial(&a, &mut g, &follow2), 2);
-        let mut z = SeqKv::default();
-        assert_eq!(pool.share_partial(&a, &mut z, &[5, 6, 7]), 0);
-        for s in [&mut a, &mut f, &mut g, &mut z] {
-            pool.release(s);
-        }
-        assert_no_leak(&pool);
     }
 }

@@ -374,7 +374,12 @@ impl Llama {
 
     /// Bytes of one KV block for this model.
     pub fn kv_block_bytes(&self) -> usize {
-        KvPool::block_bytes(self.config.num_layers, self.config.kv_dim(), self.kv_type)
+        KvPool::block_bytes(
+            self.config.num_layers,
+            self.config.num_kv_heads,
+            self.config.head_dim,
+            self.kv_type,
+        )
     }
 
     /// Bytes of weights (mapped or owned) the model reads.

@@ -56,7 +56,7 @@ fn allocs_during(f: impl FnOnce()) -> usize {
 fn warm_decode_steps_allocate_nothing() {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/models/tiny-mini-q8_0.gguf");
-    for kv_type in [KvType::F16, KvType::F32] {
+    for kv_type in [KvType::F16, KvType::F32, KvType::Q8] {
         let lm = LoadedModel::load(
             &path,
             &LoadOptions {

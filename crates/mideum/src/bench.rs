@@ -62,7 +62,7 @@ pub struct BenchArgs {
     /// without minutes of prefill).
     #[arg(long, default_value = "prefill")]
     pub depth_fill: String,
-    /// Element type of the KV cache (f16 or f32).
+    /// Element type of the KV cache: f16, f32 or q8_0.
     #[arg(long, default_value = "f16")]
     pub kv_type: String,
     /// One JSON object per test on stdout, with llama-bench's field names.

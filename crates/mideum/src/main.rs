@@ -103,8 +103,12 @@ impl ModelArgs {
 
 /// Parses a `--kv-type` value.
 pub fn parse_kv_type(s: &str) -> Result<mideum_model::KvType> {
-    mideum_model::KvType::parse(s)
-        .ok_or_else(|| anyhow::anyhow!("--kv-type {s:?} is not one of f16, f32"))
+    mideum_model::KvType::parse(s).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--kv-type {s:?} is not one of {}",
+            mideum_model::KvType::NAMES
+        )
+    })
 }
 
 pub fn load_model(path: &Path, threads: usize, ctx_size: Option<usize>) -> Result<LoadedModel> {

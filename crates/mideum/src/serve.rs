@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// KV cache budget per model in MiB (default: a quarter of physical memory).
     #[arg(long)]
     pub kv_cache_mb: Option<usize>,
-    /// Element type of the KV cache: f16 (default; twice the tokens per MiB) or f32.
+    /// Element type of the KV cache: f16 (default; twice the tokens per MiB of f32), f32, or
+    /// q8_0 (int8 with an f16 scale per 32 values: ~1.9x the tokens per MiB of f16).
     #[arg(long, default_value = "f16")]
     pub kv_type: String,
     /// Most sequences generated at once per model.

@@ -182,6 +182,56 @@ fn generate_and_perplexity_json() {
     assert!((v["ppl"].as_f64().unwrap() - nll.exp()).abs() < 1e-3 * nll.exp());
 }
 
+/// `--kv-type q8_0` reaches the model: the scores move (a lossy cache) but stay within the
+/// bound the golden tests hold the q8_0 cache to; an unknown type lists the valid ones.
+#[test]
+fn perplexity_with_a_q8_kv_cache() {
+    let seq = &golden("tiny-mini")["logprobs"][0];
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("ids.json");
+    std::fs::write(&f, seq["ids"].to_string()).unwrap();
+    let m = model("tiny-mini.gguf");
+    let args = |t: &'static str| {
+        [
+            "perplexity",
+            "-m",
+            &m,
+            "--ids-file",
+            f.to_str().unwrap(),
+            "--json",
+            "--kv-type",
+            t,
+        ]
+        .map(String::from)
+    };
+    let run = |t: &'static str| {
+        let a = args(t);
+        json_out(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (f32s, q8s) = (run("f32"), run("q8_0"));
+    let lp = |v: &Value| -> Vec<f64> {
+        v["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (lp(&f32s), lp(&q8s));
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(worst > 0.0 && worst < 0.6, "max |Δlogprob| {worst}");
+    let bad = args("q4_0");
+    fails_with(
+        &bad.iter().map(String::as_str).collect::<Vec<_>>(),
+        "f16, f32, q8_0",
+    );
+}
+
 #[test]
 fn run_one_prompt_json() {
     let v = json_out(&[

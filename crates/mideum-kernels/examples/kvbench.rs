@@ -1,0 +1,90 @@
+//! Times decode attention over a Mi:dm Mini-shaped KV cache (48 layers, 8 KV heads of 128,
+//! 4 query heads per KV head) stored as f16 and as q8_0, on one thread, interleaved:
+//! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS]`.
+
+use mideum_kernels::attn::{attend, quantize_q8, AttnKernel, AttnShape, KvRows, Q8_GROUP};
+use std::time::Instant;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let depth: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(4096);
+    let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let (layers, heads, hd, group, block) = (48usize, 8usize, 128usize, 4usize, 16usize);
+    let units = layers * heads;
+    let n_blocks = (depth + 1).div_ceil(block);
+    let bl = block * hd;
+    let gpr = hd.div_ceil(Q8_GROUP);
+    let mut s = 12345u64;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    // Per unit (layer, head): K then V, each n_blocks * bl values.
+    let per = n_blocks * bl;
+    let mut h16 = vec![0u16; units * 2 * per];
+    let mut q8 = vec![0i8; units * 2 * per];
+    let mut sc = vec![0u16; units * 2 * per / hd * gpr];
+    let mut row = vec![0f32; hd];
+    for r in 0..units * 2 * per / hd {
+        row.iter_mut().for_each(|x| *x = rnd());
+        for (d, &x) in h16[r * hd..(r + 1) * hd].iter_mut().zip(&row) {
+            *d = half::f16::from_f32(x).to_bits();
+        }
+        quantize_q8(
+            &row,
+            &mut q8[r * hd..(r + 1) * hd],
+            &mut sc[r * gpr..(r + 1) * gpr],
+        );
+    }
+    let q: Vec<f32> = (0..group * hd).map(|_| rnd()).collect();
+    let shape = AttnShape {
+        head_dim: hd,
+        group,
+        rows: 1,
+        pos0: depth,
+        block,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let kern = AttnKernel::detect();
+    let sl = block * gpr;
+    let bytes16 = (units * 2 * (depth + 1) * hd * 2) as f64;
+    let bytes8 = (units * 2 * (depth + 1) * (hd + 2 * gpr)) as f64;
+    println!(
+        "{kern:?}, depth {depth}: f16 {:.0} MB, q8_0 {:.0} MB per token",
+        bytes16 / 1e6,
+        bytes8 / 1e6
+    );
+    let mut sink = 0f32;
+    for round in 0..rounds {
+        for ty in ["f16", "q8_0"] {
+            let t0 = Instant::now();
+            for u in 0..units {
+                let (ko, vo) = (u * 2 * per, u * 2 * per + per);
+                let (kso, vso) = (ko / hd * gpr, vo / hd * gpr);
+                let kv = |b: usize| match ty {
+                    "f16" => KvRows::F16 {
+                        k: &h16[ko + b * bl..ko + (b + 1) * bl],
+                        v: &h16[vo + b * bl..vo + (b + 1) * bl],
+                    },
+                    _ => KvRows::Q8 {
+                        k: &q8[ko + b * bl..ko + (b + 1) * bl],
+                        v: &q8[vo + b * bl..vo + (b + 1) * bl],
+                        ks: &sc[kso + b * sl..kso + (b + 1) * sl],
+                        vs: &sc[vso + b * sl..vso + (b + 1) * sl],
+                    },
+                };
+                attend(kern, &shape, &q, group * hd, &kv, &mut |_, o| sink += o[0]);
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            let b = if ty == "f16" { bytes16 } else { bytes8 };
+            println!(
+                "round {round} {ty}: {:.1} ms per token, {:.1} GB/s",
+                dt * 1e3,
+                b / dt / 1e9
+            );
+        }
+    }
+    println!("(checksum {sink})");
+}
