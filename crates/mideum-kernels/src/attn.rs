@@ -243,6 +243,8 @@ pub fn merge_lse(a: &mut [f32], lse_a: &mut f32, b: &[f32], lse_b: f32) {
 /// The inner operations, once per implementation. Every slice length is checked by the
 /// caller (`run`).
 trait Ops {
+    /// Starts loading a block that is read next (no effect on results).
+    fn prefetch(_rows: &KvRows<'_>) {}
     /// Widens `src` (f16 bits) into `dst` (same length).
     fn widen(src: &[u16], dst: &mut [f32]);
     /// Dequantizes `src` (q8_0 rows of `hd` values, scales as in [`KvRows::Q8`]) into `dst`
@@ -272,6 +274,11 @@ fn run<'a, O: Ops>(
     for b in 0..n_blocks {
         let j0 = b * s.block;
         let jn = s.block.min(n_keys - j0);
+        // Blocks are scattered pages of the pool: the hardware prefetchers cannot run ahead
+        // into the next one, so ask for it while this one is scored.
+        if b + 1 < n_blocks {
+            O::prefetch(&kv(b + 1));
+        }
         let (kf, vf): (&[f32], &[f32]) = match kv(b) {
             KvRows::F32 { k, v } => (&k[..jn * hd], &v[..jn * hd]),
             KvRows::F16 { k, v } => {
@@ -504,7 +511,37 @@ mod x86 {
         _mm256_mul_ps(y, pow2)
     }
 
+    /// Prefetches every cache line of `x` into L2.
+    #[inline(always)]
+    fn prefetch_lines<T>(x: &[T]) {
+        let (p, n) = (x.as_ptr() as *const i8, std::mem::size_of_val(x));
+        for off in (0..n).step_by(64) {
+            // SAFETY: a prefetch never faults; the address is inside `x`.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) };
+        }
+    }
+
     impl Ops for Avx2Ops {
+        #[inline(always)]
+        fn prefetch(rows: &KvRows<'_>) {
+            match *rows {
+                KvRows::F32 { k, v } => {
+                    prefetch_lines(k);
+                    prefetch_lines(v);
+                }
+                KvRows::F16 { k, v } => {
+                    prefetch_lines(k);
+                    prefetch_lines(v);
+                }
+                KvRows::Q8 { k, v, ks, vs } => {
+                    prefetch_lines(k);
+                    prefetch_lines(v);
+                    prefetch_lines(ks);
+                    prefetch_lines(vs);
+                }
+            }
+        }
+
         #[inline(always)]
         fn widen(src: &[u16], dst: &mut [f32]) {
             let n = src.len().min(dst.len());
