@@ -110,6 +110,9 @@ struct Workspace {
     cascades: Vec<Cascade>,
     casc_rows: Vec<u32>,
     casc_order: Vec<u32>,
+    /// Per item: its first batch row, and its cascade member index (`u32::MAX`: none).
+    item_row0: Vec<u32>,
+    item_member: Vec<u32>,
     casc_q: Vec<f32>,
     casc_out: Vec<f32>,
     casc_lse: Vec<f32>,
@@ -660,6 +663,14 @@ impl Llama {
         ws.cascades.clear();
         ws.casc_rows.clear();
         ws.casc_order.clear();
+        ws.item_row0.clear();
+        ws.item_member.clear();
+        let mut rows_before = 0;
+        for it in items.iter() {
+            ws.item_row0.push(rows_before as u32);
+            ws.item_member.push(u32::MAX);
+            rows_before += it.tokens.len();
+        }
         for (ii, it) in items.iter().enumerate() {
             if it.tokens.len() == 1 && it.seq.len() >= BLOCK_TOKENS {
                 ws.casc_order.push(ii as u32);
@@ -692,9 +703,8 @@ impl Llama {
                 if shared > 0 {
                     let first_member = ws.casc_rows.len();
                     for &m in &ws.casc_order[i..j] {
-                        // The batch row of a one-token item: the tokens before it.
-                        let row: usize = items[..m as usize].iter().map(|it| it.tokens.len()).sum();
-                        ws.casc_rows.push(row as u32);
+                        ws.item_member[m as usize] = ws.casc_rows.len() as u32;
+                        ws.casc_rows.push(ws.item_row0[m as usize]);
                     }
                     ws.cascades.push(Cascade {
                         lead: lead as u32,
@@ -707,12 +717,6 @@ impl Llama {
             i = j;
         }
         let n_members = ws.casc_rows.len();
-        let casc_member_of = |row: usize, casc_rows: &[u32]| {
-            casc_rows
-                .iter()
-                .position(|&r| r as usize == row)
-                .map_or(u32::MAX, |m| m as u32)
-        };
 
         // Attention tasks: (sequence, KV head, chunk of query rows). A decode row is one task
         // per KV head; a prefill chunk is split so that both threads have work.
@@ -720,11 +724,7 @@ impl Llama {
         let mut row0 = 0;
         for (ii, it) in items.iter().enumerate() {
             let n = it.tokens.len();
-            let member = if n == 1 {
-                casc_member_of(row0, &ws.casc_rows)
-            } else {
-                u32::MAX
-            };
+            let member = ws.item_member[ii];
             let mut r = 0;
             while r < n {
                 let rows = ATTN_ROWS.min(n - r);
