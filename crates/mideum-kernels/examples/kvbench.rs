@@ -1,6 +1,8 @@
 //! Times decode attention over a Mi:dm Mini-shaped KV cache (48 layers, 8 KV heads of 128,
 //! 4 query heads per KV head) stored as f16 and as q8_0, on one thread, interleaved:
-//! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS]`.
+//! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS] [hot]`.
+//! With `hot`, every (layer, head) reads the first one's rows, which stay in the caches: the
+//! arithmetic rate without DRAM traffic.
 
 use mideum_kernels::attn::{attend, quantize_q8, AttnKernel, AttnShape, KvRows, Q8_GROUP};
 use std::time::Instant;
@@ -9,6 +11,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let depth: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(4096);
     let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let hot = args.next().is_some_and(|s| s == "hot");
     let (layers, heads, hd, group, block) = (48usize, 8usize, 128usize, 4usize, 16usize);
     let units = layers * heads;
     let n_blocks = (depth + 1).div_ceil(block);
@@ -52,7 +55,12 @@ fn main() {
     let bytes16 = (units * 2 * (depth + 1) * hd * 2) as f64;
     let bytes8 = (units * 2 * (depth + 1) * (hd + 2 * gpr)) as f64;
     println!(
-        "{kern:?}, depth {depth}: f16 {:.0} MB, q8_0 {:.0} MB per token",
+        "{kern:?}, depth {depth}{}: f16 {:.0} MB, q8_0 {:.0} MB per token",
+        if hot {
+            " (hot: one head's rows, in cache)"
+        } else {
+            ""
+        },
         bytes16 / 1e6,
         bytes8 / 1e6
     );
@@ -60,7 +68,7 @@ fn main() {
     for round in 0..rounds {
         for ty in ["f16", "q8_0"] {
             let t0 = Instant::now();
-            for u in 0..units {
+            for u in (0..units).map(|u| if hot { 0 } else { u }) {
                 let (ko, vo) = (u * 2 * per, u * 2 * per + per);
                 let (kso, vso) = (ko / hd * gpr, vo / hd * gpr);
                 let kv = |b: usize| match ty {
