@@ -490,6 +490,7 @@ impl Scheduler {
         // The logits stay in the model's workspace (no copy of vocab-sized rows per step);
         // `logits` must be dropped before the next forward pass.
         let model = Arc::clone(&self.model);
+        let started = Instant::now();
         let result = {
             let mut items: Vec<BatchItem> = Vec::with_capacity(plan.len());
             let mut rest: &mut [Seq] = &mut self.running;
@@ -513,6 +514,12 @@ impl Scheduler {
             }
             model.model.run_batch(&mut self.pool, &mut items)
         };
+        tracing::debug!(
+            "step: {} tokens of {} sequences in {:.1} ms",
+            plan.iter().map(|&(_, n)| n).sum::<usize>(),
+            plan.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
         let mut logits = match result {
             Ok(l) => l,
             Err(e) => {
