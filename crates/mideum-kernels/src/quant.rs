@@ -673,6 +673,23 @@ fn put_block(
     sums: &mut [i32],
     pairs: &mut [i32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::usable() {
+        // SAFETY: `usable` checked AVX2 and FMA.
+        return unsafe { x86::put_block_avx2(xb, kind, qb, d, sums, pairs) };
+    }
+    put_block_scalar(xb, kind, qb, d, sums, pairs)
+}
+
+/// The reference of [`put_block`] (and its path on CPUs without AVX2).
+fn put_block_scalar(
+    xb: &[f32],
+    kind: ActKind,
+    qb: &mut [i8],
+    d: &mut f32,
+    sums: &mut [i32],
+    pairs: &mut [i32],
+) {
     match kind {
         ActKind::B32 => {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -701,20 +718,143 @@ fn put_block(
                 }
                 *d = 1.0 / iscale;
             }
-            for (g, s) in sums.iter_mut().enumerate() {
-                *s = qb[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
-            }
-            let pack = |lo: i32, hi: i32| (lo & 0xFFFF) | (hi << 16);
-            for p in 0..8 {
-                pairs[p] = pack(sums[2 * p], sums[2 * p + 1]);
-            }
-            for p in 0..4 {
-                pairs[8 + p] = pack(
-                    sums[4 * p] + sums[4 * p + 1],
-                    sums[4 * p + 2] + sums[4 * p + 3],
-                );
+            k256_sums(qb, sums, pairs);
+        }
+    }
+}
+
+/// The per-16 sums of a K256 block's quantized values and their packed pairs (see
+/// [`ActQ8::pairs`]).
+#[inline]
+fn k256_sums(qb: &[i8], sums: &mut [i32], pairs: &mut [i32]) {
+    for (g, s) in sums.iter_mut().enumerate() {
+        *s = qb[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
+    }
+    let pack = |lo: i32, hi: i32| (lo & 0xFFFF) | (hi << 16);
+    for p in 0..8 {
+        pairs[p] = pack(sums[2 * p], sums[2 * p + 1]);
+    }
+    for p in 0..4 {
+        pairs[8 + p] = pack(
+            sums[4 * p] + sums[4 * p + 1],
+            sums[4 * p + 2] + sums[4 * p + 3],
+        );
+    }
+}
+
+/// AVX2 activation quantization, bit-identical to [`put_block_scalar`].
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{f16, k256_sums, ActKind};
+    use std::arch::x86_64::*;
+
+    /// Whether the AVX2 path runs (`MIDEUM_KERNEL=scalar` forces the reference).
+    pub(super) fn usable() -> bool {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            std::env::var("MIDEUM_KERNEL").map_or(true, |v| v != "scalar")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+
+    /// Largest |x| over `x` (a multiple of 8 long); NaNs are skipped, as in the scalar loops.
+    #[inline(always)]
+    unsafe fn amax(x: &[f32]) -> f32 {
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let mut m = _mm256_setzero_ps();
+        for c in x.chunks_exact(8) {
+            // SAFETY: `c` holds 8 f32. `max_ps` returns its second operand when the first is
+            // NaN, so a NaN element leaves the running maximum alone.
+            m = unsafe { _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(c.as_ptr()), abs), m) };
+        }
+        let mut l = [0f32; 8];
+        // SAFETY: `l` holds 8 f32.
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), m) };
+        l.iter().fold(0f32, |a, &b| if b > a { b } else { a })
+    }
+
+    /// `q[i] = clamp(round_ties_even(x[i] · s), −127, 127)`, NaN → 0 (as `round_q8` and the
+    /// `as i32` cast), for `x` a multiple of 32 long.
+    #[inline(always)]
+    unsafe fn quant(x: &[f32], s: f32, q: &mut [i8]) {
+        let sv = _mm256_set1_ps(s);
+        let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (c, o) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)) {
+            // SAFETY: `c` holds 32 f32 and `o` 32 bytes.
+            unsafe {
+                let mut v = [_mm256_setzero_si256(); 4];
+                for (u, vu) in v.iter_mut().enumerate() {
+                    let p = _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr().add(8 * u)), sv);
+                    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p);
+                    // NaN lanes become +0.
+                    let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+                    *vu = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+                }
+                let ab = _mm256_packs_epi32(v[0], v[1]);
+                let cd = _mm256_packs_epi32(v[2], v[3]);
+                let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order);
+                _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, b);
             }
         }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn put_block_avx2(
+        xb: &[f32],
+        kind: ActKind,
+        qb: &mut [i8],
+        d: &mut f32,
+        sums: &mut [i32],
+        pairs: &mut [i32],
+    ) {
+        // SAFETY (whole body): the helpers need AVX2, enabled here; slice lengths are the
+        // kind's block size (32 or 256), multiples of 32.
+        unsafe {
+            let am = amax(xb);
+            match kind {
+                ActKind::B32 => {
+                    let id = if am != 0.0 { 127.0 / am } else { 0.0 };
+                    *d = f16::from_f32(am / 127.0).to_f32();
+                    quant(xb, id, qb);
+                    sums[0] = qb.iter().map(|&q| q as i32).sum();
+                }
+                ActKind::K256 => {
+                    if am == 0.0 {
+                        qb.iter_mut().for_each(|q| *q = 0);
+                        *d = 0.0;
+                    } else {
+                        // The first element of largest magnitude, with its sign.
+                        let max = xb.iter().copied().find(|v| v.abs() == am).unwrap_or(am);
+                        let iscale = -127.0 / max;
+                        quant(xb, iscale, qb);
+                        *d = 1.0 / iscale;
+                    }
+                    k256_sums(qb, sums, pairs);
+                }
+            }
+        }
+    }
+
+    /// [`put_block_avx2`] for tests against the scalar reference.
+    #[cfg(test)]
+    pub(super) fn put_block_checked(
+        xb: &[f32],
+        kind: ActKind,
+        qb: &mut [i8],
+        d: &mut f32,
+        sums: &mut [i32],
+        pairs: &mut [i32],
+    ) -> bool {
+        if !usable() {
+            return false;
+        }
+        // SAFETY: `usable` checked AVX2 and FMA.
+        unsafe { put_block_avx2(xb, kind, qb, d, sums, pairs) };
+        true
     }
 }
 
@@ -851,6 +991,46 @@ mod tests {
                 _ => 2e-2,
             };
             assert!(err / pow < bound, "{:?}: relative mse {}", qt, err / pow);
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The AVX2 activation quantizer equals the scalar reference bit for bit, on blocks
+        /// with ties, zeros, huge values, infinities and NaNs.
+        #[test]
+        fn avx2_activation_quantization_is_identical_to_scalar(
+            vals in proptest::collection::vec(
+                prop_oneof![
+                    8 => -4.0f32..4.0,
+                    2 => (-300i32..300).prop_map(|i| i as f32 * 0.5),
+                    1 => proptest::sample::select(vec![0.0f32, -0.0, 1e30, -1e30, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]),
+                ],
+                256,
+            ),
+            scale in proptest::sample::select(vec![1e-3f32, 1.0, 1e3]),
+            k256 in proptest::bool::ANY,
+        ) {
+            let x: Vec<f32> = vals.iter().map(|v| v * scale).collect();
+            let kind = if k256 { ActKind::K256 } else { ActKind::B32 };
+            let be = kind.block_elems();
+            let (ns, np) = if k256 { (16, PAIRS_PER_BLOCK) } else { (1, 0) };
+            for xb in x.chunks_exact(be) {
+                let (mut q0, mut d0, mut s0, mut p0) = (vec![0i8; be], 0f32, vec![0i32; ns], vec![0i32; np]);
+                put_block_scalar(xb, kind, &mut q0, &mut d0, &mut s0, &mut p0);
+                let (mut q1, mut d1, mut s1, mut p1) = (vec![1i8; be], 1f32, vec![1i32; ns], vec![1i32; np]);
+                #[cfg(target_arch = "x86_64")]
+                if !x86::put_block_checked(xb, kind, &mut q1, &mut d1, &mut s1, &mut p1) {
+                    return Ok(());
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                return Ok(());
+                prop_assert_eq!(&q0, &q1);
+                prop_assert_eq!(d0.to_bits(), d1.to_bits());
+                prop_assert_eq!(&s0, &s1);
+                prop_assert_eq!(&p0, &p1);
+            }
         }
     }
 
