@@ -703,7 +703,7 @@ pub fn attend_naive<'a>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::{run, AttnShape, KvRows, Ops, Rows, Scratch, Tile, PIECE, Q8_GROUP, QT};
     use std::arch::x86_64::*;
 
@@ -744,7 +744,7 @@ mod x86 {
     /// `exp(x)` on 8 lanes (Cephes' polynomial, relative error ~2e-7; inputs below -88.4
     /// give exactly 0).
     #[inline(always)]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
         let x = _mm256_min_ps(x, _mm256_set1_ps(88.376_26));
         let x = _mm256_max_ps(x, _mm256_set1_ps(-88.376_26));
         let fx = _mm256_fmadd_ps(

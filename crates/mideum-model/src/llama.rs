@@ -13,7 +13,7 @@ use crate::error::{ModelError, Result};
 use crate::kv::{KvPool, KvType, SeqKv, BLOCK_TOKENS};
 use crate::tensor::Tensor;
 use mideum_kernels::attn::{attend, attend_lse, merge_lse, AttnKernel, AttnShape};
-use mideum_kernels::ops::{add_assign, rmsnorm, rope, silu_mul};
+use mideum_kernels::ops::{add_assign, rmsnorm, rope, silu_mul_par, PAR_ROWS};
 use mideum_kernels::par::DisjointSlice;
 use mideum_kernels::{matmul, matmul_multi_rmsnorm, DotKernel, RopeLayout, ThreadPool};
 use std::collections::HashMap;
@@ -762,27 +762,37 @@ impl Llama {
                     (l.wv.view(), kvd, &mut *v),
                 ],
             );
+            // Rotary embeddings of every row's query and key heads (on the pool for prefill).
+            let rope_rows = |q: &mut [f32], k: &mut [f32], r0: usize| {
+                for (j, (qr, kr)) in q
+                    .chunks_exact_mut(qd)
+                    .zip(k.chunks_exact_mut(kvd))
+                    .enumerate()
+                {
+                    let i = r0 + j;
+                    let (cs, sn) = (
+                        &cos[i * half..(i + 1) * half],
+                        &sin[i * half..(i + 1) * half],
+                    );
+                    for x in qr.chunks_exact_mut(hd).chain(kr.chunks_exact_mut(hd)) {
+                        rope(x, cs, sn, self.rope_layout);
+                    }
+                }
+            };
+            if t >= PAR_ROWS && tp.n_threads() > 1 {
+                let chunk = t.div_ceil(tp.n_threads() * 2);
+                let (qs, ks) = (DisjointSlice::new(&mut *q), DisjointSlice::new(&mut *k));
+                tp.for_each(t.div_ceil(chunk), &|ci| {
+                    let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(t));
+                    // SAFETY: task `ci` owns rows r0..r1 of both buffers; tasks never overlap.
+                    let (qc, kc) =
+                        unsafe { (qs.range(r0 * qd, r1 * qd), ks.range(r0 * kvd, r1 * kvd)) };
+                    rope_rows(qc, kc, r0);
+                });
+            } else {
+                rope_rows(&mut q[..t * qd], &mut k[..t * kvd], 0);
+            }
             for i in 0..t {
-                let (cs, sn) = (
-                    &cos[i * half..(i + 1) * half],
-                    &sin[i * half..(i + 1) * half],
-                );
-                for hh in 0..c.num_heads {
-                    rope(
-                        &mut q[i * qd + hh * hd..i * qd + (hh + 1) * hd],
-                        cs,
-                        sn,
-                        self.rope_layout,
-                    );
-                }
-                for hh in 0..c.num_kv_heads {
-                    rope(
-                        &mut k[i * kvd + hh * hd..i * kvd + (hh + 1) * hd],
-                        cs,
-                        sn,
-                        self.rope_layout,
-                    );
-                }
                 pool.write(
                     items[row_item[i] as usize].seq,
                     li,
@@ -931,7 +941,7 @@ impl Llama {
                     (l.w_up.view(), ff, &mut *up),
                 ],
             );
-            silu_mul(gate, up);
+            silu_mul_par(tp, gate, up, t, ff);
             matmul(tp, kern, gate, t, ff, l.w_down.view(), h, o);
             add_assign(x, o);
         }
