@@ -373,15 +373,20 @@ fn dispatch_quant(
             None => run_rows(qk, job, act, k, t, j0, j1),
         }
     };
-    if t == 1 {
-        // Decode: each thread streams one contiguous stretch of weight rows (the hardware
-        // prefetchers and the kernels' software prefetch run ahead within it); small tasks
-        // let a thread that finishes early take over the end of the other's stretch.
+    if t <= STREAM_ROWS {
+        // Decode and batched decode (one pass over the weights from DRAM): each thread
+        // streams one contiguous stretch of weight rows (the hardware prefetchers and the
+        // kernels' software prefetch run ahead within it); small tasks let a thread that
+        // finishes early take over the end of the other's stretch.
         pool.for_each_static(n_tasks, &run);
     } else {
         pool.for_each(n_tasks, &run);
     }
 }
+
+/// Up to this many activation rows a product is one pass over its weights from DRAM (see
+/// [`run_packed`]), scheduled as contiguous stretches per thread.
+const STREAM_ROWS: usize = 8;
 
 /// Weight rows per task in the decode (one activation row) dispatch: a multiple of
 /// [`DEC_RW`], small enough (~16 KiB of Q4_K) that the end of a loop balances within a
