@@ -769,17 +769,35 @@ pub(crate) mod x86 {
         _mm256_mul_ps(y, pow2)
     }
 
-    /// Prefetches, into L2, part `i` of `parts` equal parts of the byte range `r` (its cache
-    /// lines from `len * i / parts` up to `len * (i + 1) / parts`).
-    #[inline(always)]
-    fn prefetch_part(r: (*const u8, usize), i: usize, parts: usize) {
-        let (p, len) = r;
-        let (a, b) = (len * i / parts, len * (i + 1) / parts);
-        let mut off = a & !63;
-        while off < b {
-            // SAFETY: a prefetch never faults; the address lies inside the range `r`.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off) as *const i8) };
-            off += 64;
+    /// Walks a byte range in `parts` steps, prefetching the cache lines of one step into L2
+    /// per [`Prefetcher::step`] call (one division per range, none per step).
+    struct Prefetcher {
+        p: *const u8,
+        len: usize,
+        off: usize,
+        step: usize,
+    }
+
+    impl Prefetcher {
+        #[inline(always)]
+        fn new(r: (*const u8, usize), parts: usize) -> Prefetcher {
+            let step = (r.1.div_ceil(parts.max(1)) + 63) & !63;
+            Prefetcher {
+                p: r.0,
+                len: r.1,
+                off: 0,
+                step,
+            }
+        }
+
+        #[inline(always)]
+        fn step(&mut self) {
+            let end = (self.off + self.step).min(self.len);
+            while self.off < end {
+                // SAFETY: a prefetch never faults; the address lies inside the range.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(self.p.wrapping_add(self.off) as *const i8) };
+                self.off += 64;
+            }
         }
     }
 
@@ -789,7 +807,7 @@ pub(crate) mod x86 {
             if let KvRows::Q8 { ks, vs, .. } = *rows {
                 for x in [ks, vs] {
                     let r = (x.as_ptr() as *const u8, std::mem::size_of_val(x));
-                    prefetch_part(r, 0, 1);
+                    Prefetcher::new(r, 1).step();
                 }
             }
         }
@@ -974,11 +992,11 @@ pub(crate) mod x86 {
     ) {
         let hd8 = hd / 8 * 8;
         let qp = q.as_ptr();
-        let parts = n.div_ceil(2);
+        let mut pf = Prefetcher::new(ahead, n.div_ceil(2));
         let sv = _mm256_set1_ps(scale);
         let mut j = 0;
         while j + 2 <= n {
-            prefetch_part(ahead, j / 2, parts);
+            pf.step();
             let (r0, r1) = ((j0 + j) * hd, (j0 + j + 1) * hd);
             let mut a = [_mm256_setzero_ps(); 8];
             let mut d = 0;
@@ -1013,7 +1031,7 @@ pub(crate) mod x86 {
             j += 2;
         }
         if j < n {
-            prefetch_part(ahead, j / 2, parts);
+            pf.step();
             let r0 = (j0 + j) * hd;
             let mut a = [_mm256_setzero_ps(); 8];
             let mut d = 0;
@@ -1053,12 +1071,13 @@ pub(crate) mod x86 {
         let hd8 = hd / 8 * 8;
         let ap = acc.as_mut_ptr();
         let parts = hd8 / 16;
+        let mut pf = Prefetcher::new(ahead, parts);
         if parts == 0 {
-            prefetch_part(ahead, 0, 1);
+            pf.step();
         }
         let mut d = 0;
         while d + 16 <= hd8 {
-            prefetch_part(ahead, d / 16, parts);
+            pf.step();
             let mut a = [[_mm256_setzero_ps(); 2]; T];
             for (i, x) in a.iter_mut().enumerate() {
                 let c = _mm256_set1_ps(corr[i]);
