@@ -1,6 +1,7 @@
 //! Times decode attention over a Mi:dm Mini-shaped KV cache (48 layers, 8 KV heads of 128,
 //! 4 query heads per KV head) stored as f16 and as q8_0, on one thread, interleaved:
-//! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS] [hot]`.
+//! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS] [hot] [rows=N]`.
+//! `rows=N`: N query rows after the depth (a prefill chunk) instead of one decode row.
 //! With `hot`, every (layer, head) reads the first one's rows, which stay in the caches: the
 //! arithmetic rate without DRAM traffic.
 
@@ -11,10 +12,15 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let depth: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(4096);
     let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let hot = args.next().is_some_and(|s| s == "hot");
+    let rest: Vec<String> = args.collect();
+    let hot = rest.iter().any(|s| s == "hot");
+    let rows: usize = rest
+        .iter()
+        .find_map(|s| s.strip_prefix("rows=").and_then(|v| v.parse().ok()))
+        .unwrap_or(1);
     let (layers, heads, hd, group, block) = (48usize, 8usize, 128usize, 4usize, 16usize);
     let units = layers * heads;
-    let n_blocks = (depth + 1).div_ceil(block);
+    let n_blocks = (depth + rows).div_ceil(block);
     let bl = block * hd;
     let gpr = hd.div_ceil(Q8_GROUP);
     let mut s = 12345u64;
@@ -41,11 +47,11 @@ fn main() {
             &mut sc[r * gpr..(r + 1) * gpr],
         );
     }
-    let q: Vec<f32> = (0..group * hd).map(|_| rnd()).collect();
+    let q: Vec<f32> = (0..rows * group * hd).map(|_| rnd()).collect();
     let shape = AttnShape {
         head_dim: hd,
         group,
-        rows: 1,
+        rows,
         pos0: depth,
         block,
         scale: 1.0 / (hd as f32).sqrt(),
@@ -88,7 +94,7 @@ fn main() {
             let dt = t0.elapsed().as_secs_f64();
             let b = if ty == "f16" { bytes16 } else { bytes8 };
             println!(
-                "round {round} {ty}: {:.1} ms per token, {:.1} GB/s",
+                "round {round} {ty}: {:.1} ms per {rows}-row step, {:.1} GB/s of KV",
                 dt * 1e3,
                 b / dt / 1e9
             );
