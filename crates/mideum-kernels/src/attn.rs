@@ -256,6 +256,8 @@ const WIDEN_ABOVE: usize = QT;
 
 /// A block's key or value rows as the tile kernels read them.
 trait Rows: Copy {
+    /// Elements held.
+    fn len(self) -> usize;
     /// Element `i` (row `i / head_dim`, column `i % head_dim`) as f32.
     fn get(self, i: usize) -> f32;
     /// Elements `i..i + 8` as f32.
@@ -267,6 +269,10 @@ trait Rows: Copy {
 }
 
 impl Rows for &[f32] {
+    #[inline(always)]
+    fn len(self) -> usize {
+        <[f32]>::len(self)
+    }
     #[inline(always)]
     fn get(self, i: usize) -> f32 {
         self[i]
@@ -285,6 +291,10 @@ impl Rows for &[f32] {
 struct Half<'a>(&'a [u16]);
 
 impl Rows for Half<'_> {
+    #[inline(always)]
+    fn len(self) -> usize {
+        self.0.len()
+    }
     #[inline(always)]
     fn get(self, i: usize) -> f32 {
         f16_to_f32(self.0[i])
@@ -875,10 +885,10 @@ pub(crate) mod x86 {
             out: &mut Tile,
             ahead: (*const u8, usize),
         ) {
-            assert!(qt <= QT && n <= PIECE && q.len() >= qt * hd);
+            assert!(qt <= QT && n <= PIECE && q.len() >= qt * hd && k.len() >= (j0 + n) * hd);
             // SAFETY: AVX2/FMA/F16C are enabled by `run_avx2`, the only caller; the kernels
-            // read q rows `< qt` and key rows `j0..j0 + n` at columns `< hd`, which `run`
-            // guarantees exist.
+            // read q rows `< qt` and key rows `j0..j0 + n` at columns `< hd`, which the
+            // assertion above checked exist.
             unsafe {
                 match qt {
                     1 => scores_t::<1, S>(q, k, j0, n, hd, scale, out, ahead),
@@ -950,7 +960,7 @@ pub(crate) mod x86 {
             hd: usize,
             ahead: (*const u8, usize),
         ) {
-            assert!(qt <= QT && n <= PIECE && acc.len() >= qt * hd);
+            assert!(qt <= QT && n <= PIECE && acc.len() >= qt * hd && v.len() >= (j0 + n) * hd);
             // SAFETY: as in `scores`: acc rows `< qt`, value rows `j0..j0 + n`, columns `< hd`.
             unsafe {
                 match qt {

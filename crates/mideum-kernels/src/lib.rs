@@ -15,6 +15,18 @@ pub mod qdot;
 pub mod quant;
 
 pub use dot::{bf16_to_f32, f16_to_f32, DotKernel};
+
+/// Whether the AVX2 + FMA paths of the element-wise kernels (activation quantization, SwiGLU)
+/// run: detected once; `MIDEUM_KERNEL=scalar` forces their scalar references.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        std::env::var("MIDEUM_KERNEL").map_or(true, |v| v != "scalar")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    })
+}
 pub use matmul::{matmul, matmul_multi, matmul_multi_rmsnorm, WeightView};
 pub use ops::RopeLayout;
 pub use par::ThreadPool;

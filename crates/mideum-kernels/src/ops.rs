@@ -80,8 +80,8 @@ pub fn log_softmax_at(x: &[f32], i: usize) -> f32 {
 /// CPU has it, relative difference to [`silu_mul_scalar`] ~1e-6).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if x86::usable() {
-        // SAFETY: `usable` checked AVX2 and FMA.
+    if crate::avx2_fma() {
+        // SAFETY: `avx2_fma` checked AVX2 and FMA.
         return unsafe { x86::silu_mul_avx2(gate, up) };
     }
     silu_mul_scalar(gate, up)
@@ -127,16 +127,6 @@ pub const PAR_ROWS: usize = 8;
 mod x86 {
     use crate::attn::x86::exp8;
     use std::arch::x86_64::*;
-
-    /// Whether the AVX2 path runs (`MIDEUM_KERNEL=scalar` forces the reference).
-    pub(super) fn usable() -> bool {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            std::env::var("MIDEUM_KERNEL").map_or(true, |v| v != "scalar")
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
 
     /// # Safety
     /// The CPU must support AVX2 and FMA.

@@ -674,8 +674,8 @@ fn put_block(
     pairs: &mut [i32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if x86::usable() {
-        // SAFETY: `usable` checked AVX2 and FMA.
+    if crate::avx2_fma() {
+        // SAFETY: `avx2_fma` checked AVX2 and FMA.
         return unsafe { x86::put_block_avx2(xb, kind, qb, d, sums, pairs) };
     }
     put_block_scalar(xb, kind, qb, d, sums, pairs)
@@ -747,16 +747,6 @@ fn k256_sums(qb: &[i8], sums: &mut [i32], pairs: &mut [i32]) {
 mod x86 {
     use super::{f16, k256_sums, ActKind};
     use std::arch::x86_64::*;
-
-    /// Whether the AVX2 path runs (`MIDEUM_KERNEL=scalar` forces the reference).
-    pub(super) fn usable() -> bool {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            std::env::var("MIDEUM_KERNEL").map_or(true, |v| v != "scalar")
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
 
     /// Largest |x| over `x` (a multiple of 8 long); NaNs are skipped, as in the scalar loops.
     #[inline(always)]
@@ -849,10 +839,10 @@ mod x86 {
         sums: &mut [i32],
         pairs: &mut [i32],
     ) -> bool {
-        if !usable() {
+        if !crate::avx2_fma() {
             return false;
         }
-        // SAFETY: `usable` checked AVX2 and FMA.
+        // SAFETY: `avx2_fma` checked AVX2 and FMA.
         unsafe { put_block_avx2(xb, kind, qb, d, sums, pairs) };
         true
     }
