@@ -9,6 +9,9 @@ use mideum_kernels::quant::{quantize_row, QuantType};
 use mideum_kernels::{matmul, DotKernel, ThreadPool, WeightView};
 use std::time::Instant;
 
+#[path = "common/rng.rs"]
+mod rng;
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -18,13 +21,7 @@ fn main() {
     let t = args.get(1).copied().unwrap_or(512);
     let pool = ThreadPool::new(threads);
     let kern = DotKernel::detect();
-    let mut s = 12345u64;
-    let mut rnd = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 11) % 2001) as f32 / 1000.0 - 1.0
-    };
+    let mut rnd = rng::uniform(12345);
     for (n, k) in [(1024usize, 1792usize), (512, 4608)] {
         let rb = QuantType::Q4K.row_bytes(k);
         let mut w = vec![0u8; n * rb];

@@ -8,6 +8,9 @@
 use mideum_kernels::attn::{attend, quantize_q8, AttnKernel, AttnShape, KvRows, Q8_GROUP};
 use std::time::Instant;
 
+#[path = "common/rng.rs"]
+mod rng;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let depth: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(4096);
@@ -23,13 +26,7 @@ fn main() {
     let n_blocks = (depth + rows).div_ceil(block);
     let bl = block * hd;
     let gpr = hd.div_ceil(Q8_GROUP);
-    let mut s = 12345u64;
-    let mut rnd = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
+    let mut rnd = rng::uniform(12345);
     // Per unit (layer, head): K then V, each n_blocks * bl values.
     let per = n_blocks * bl;
     let mut h16 = vec![0u16; units * 2 * per];

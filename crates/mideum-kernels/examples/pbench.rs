@@ -8,6 +8,9 @@ use mideum_kernels::packed::{self, Packed, PackedKernel};
 use mideum_kernels::quant::{quantize_row, ActQ8, ActRow, QuantType};
 use std::time::Instant;
 
+#[path = "common/rng.rs"]
+mod rng;
+
 fn time<const RA: usize>(pk: PackedKernel, lay: Packed, p: &[u8], act: &ActQ8, k: usize) -> f64 {
     let rows: [ActRow<'_>; RA] = std::array::from_fn(|r| act.row(r, lay.source().act_kind()));
     let iters = 2000;
@@ -36,13 +39,7 @@ fn main() {
             let n = packed::ROWS;
             let rb = qt.row_bytes(k);
             let mut w = vec![0u8; n * rb];
-            let mut s = 12345u64;
-            let mut rnd = || {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) % 2001) as f32 / 1000.0 - 1.0
-            };
+            let mut rnd = rng::uniform(12345);
             let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             for j in 0..n {
                 quantize_row(qt, &wf[j * k..(j + 1) * k], &mut w[j * rb..(j + 1) * rb]);
