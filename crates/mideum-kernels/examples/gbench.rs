@@ -22,7 +22,7 @@ fn main() {
     let pool = ThreadPool::new(threads);
     let kern = DotKernel::detect();
     let mut rnd = rng::uniform(12345);
-    for (n, k) in [(1024usize, 1792usize), (512, 4608)] {
+    for (n, k) in shapes() {
         let rb = QuantType::Q4K.row_bytes(k);
         let mut w = vec![0u8; n * rb];
         let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
@@ -57,5 +57,19 @@ fn main() {
             (n * k * t) as f64 / best / 1e9,
             best * 1e3
         );
+    }
+}
+
+/// The (n, k) products timed: `GBENCH_SHAPES=n:k,n:k` overrides the two defaults.
+fn shapes() -> Vec<(usize, usize)> {
+    match std::env::var("GBENCH_SHAPES") {
+        Ok(s) => s
+            .split(',')
+            .filter_map(|p| {
+                let (n, k) = p.split_once(':')?;
+                Some((n.parse().ok()?, k.parse().ok()?))
+            })
+            .collect(),
+        Err(_) => vec![(1024, 1792), (512, 4608)],
     }
 }

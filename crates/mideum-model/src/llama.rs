@@ -83,9 +83,12 @@ struct Cascade {
 /// Fewest sequences sharing a prefix for the cascade to be used: with one, it is the plain path.
 const CASCADE_MIN: usize = 2;
 
-/// Query rows per prefill attention task: 16 rows × a GQA group of 4 share each K/V block
-/// read while it is in L1.
-const ATTN_ROWS: usize = 16;
+/// Most query rows per prefill attention task. Each task widens every K/V block it reads to
+/// f32 once for all its queries, so larger tasks amortize that better: one thread over 1,008
+/// cached positions (`kvbench hot rows=N`) scores 22 GMAC/s with 4 rows, 29 with 10, 32 with
+/// 16 and 36 with 64. A chunk is split into equal parts of at most this many rows, so 20 rows
+/// make one task per KV head rather than 16 + 4.
+const ATTN_ROWS: usize = 64;
 
 /// Buffers of the forward pass, grown to the largest batch seen and never shrunk.
 #[derive(Default)]
@@ -719,15 +722,16 @@ impl Llama {
         let n_members = ws.casc_rows.len();
 
         // Attention tasks: (sequence, KV head, chunk of query rows). A decode row is one task
-        // per KV head; a prefill chunk is split so that both threads have work.
+        // per KV head; a prefill chunk is split into equal parts of at most ATTN_ROWS rows.
         ws.tasks.clear();
         let mut row0 = 0;
         for (ii, it) in items.iter().enumerate() {
             let n = it.tokens.len();
             let member = ws.item_member[ii];
             let mut r = 0;
+            let per = n.div_ceil(n.div_ceil(ATTN_ROWS).max(1));
             while r < n {
-                let rows = ATTN_ROWS.min(n - r);
+                let rows = per.min(n - r);
                 for kvh in 0..c.num_kv_heads {
                     ws.tasks.push(AttnTask {
                         item: ii as u32,

@@ -90,7 +90,10 @@ fn greedy(lm: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
 /// models amplify float rounding: two kernels whose matrix products agree to 5e-6 (the
 /// GGUF-order and the 8-row repacked Q8_0 kernels) give logits 1% apart by position 40, and
 /// perplexities 0.09% above vs 0.58% below llama.cpp's (Q4_K_M: 0.39% vs 0.54% below; the
-/// scalar reference kernels: 0.08% above and 0.62% below). A bound tighter than that spread
+/// scalar reference kernels: 0.08% above and 0.62% below). The order of the additions in one
+/// attention dot product alone moves Q4_K_M between 0.66% and 1.05% below (the wide AVX2
+/// scores summed forwards or backwards over the head; blocked sums, as shipped: 0.96%). A
+/// bound tighter than that spread
 /// would test rounding luck, not the implementation; a wrong scale, offset or element order
 /// moves the perplexity by far more.
 const PPL_TOL: f64 = 0.01;
