@@ -11,5 +11,5 @@ pub use generate::{generate, score, FinishReason, GenerateOutput, GenerateReques
 pub use metrics::{render_all, Metrics};
 pub use sampler::{Sampler, SamplingParams};
 pub use scheduler::{
-    logprob_of, Engine, EngineConfig, Event, Request, SubmitError, TokenLogprob, Usage,
+    logprob_of, Engine, EngineConfig, Event, Request, SubmitError, TokenLogprob, Usage, WarmPrefix,
 };

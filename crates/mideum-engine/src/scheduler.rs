@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::sampler::{Sampler, SamplingParams};
 use mideum_model::{BatchItem, KvPool, LoadedModel, Logits, SeqKv, BLOCK_TOKENS};
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -108,6 +109,27 @@ struct Submitted {
     req: Request,
     events: UnboundedSender<Event>,
     arrived: Instant,
+    /// The engine's own warm-up, kept out of the latency histograms.
+    internal: bool,
+}
+
+/// A prompt prefix an engine computes as soon as it starts (Mi:dm's default system prompt, in
+/// front of every conversation that brings no system message of its own), so that the first
+/// user does not wait for it; optionally kept in a file across restarts.
+#[derive(Clone, Debug)]
+pub struct WarmPrefix {
+    pub tokens: Vec<u32>,
+    /// Where the prefix's KV blocks are kept: restored from it at start when it holds them for
+    /// this model, KV type and prefix, otherwise written once they are computed.
+    pub file: Option<PathBuf>,
+}
+
+/// A warm-up in progress.
+struct Warm {
+    tokens: Vec<u32>,
+    file: Option<PathBuf>,
+    model_id: u64,
+    events: UnboundedReceiver<Event>,
 }
 
 /// A handle to a running scheduler; cheap to share between request handlers.
@@ -121,6 +143,18 @@ pub struct Engine {
 impl Engine {
     /// Starts the scheduler thread for `model`.
     pub fn start(model: Arc<LoadedModel>, name: &str, config: EngineConfig) -> Engine {
+        Self::start_warm(model, name, config, None)
+    }
+
+    /// As [`Engine::start`], and the scheduler first restores or computes `warm` (see
+    /// [`WarmPrefix`]); requests that arrive meanwhile are served as usual and share what it
+    /// has computed.
+    pub fn start_warm(
+        model: Arc<LoadedModel>,
+        name: &str,
+        config: EngineConfig,
+        warm: Option<WarmPrefix>,
+    ) -> Engine {
         let metrics = Arc::new(Metrics::new(name));
         metrics
             .kv_blocks_total
@@ -129,7 +163,14 @@ impl Engine {
         let (m, met, cfg) = (model.clone(), metrics.clone(), config.clone());
         std::thread::Builder::new()
             .name(format!("mideum-sched-{name}"))
-            .spawn(move || Scheduler::new(m, met, cfg).run(rx))
+            .spawn(move || {
+                let mut sched = Scheduler::new(m, met, cfg);
+                if let Some(w) = warm {
+                    sched.start_warm(w);
+                    sched.publish();
+                }
+                sched.run(rx)
+            })
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start the scheduler thread: {e}"));
         Engine {
@@ -179,6 +220,7 @@ impl Engine {
                 req,
                 events: etx,
                 arrived: Instant::now(),
+                internal: false,
             })
             .map_err(|_| SubmitError::Stopped)?;
         Ok(erx)
@@ -197,6 +239,7 @@ struct Seq {
     out: OutputText,
     cached_tokens: usize,
     last_token_at: Option<Instant>,
+    internal: bool,
 }
 
 struct Scheduler {
@@ -206,6 +249,7 @@ struct Scheduler {
     pool: KvPool,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
+    warm: Option<Warm>,
 }
 
 impl Scheduler {
@@ -218,6 +262,78 @@ impl Scheduler {
             pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            warm: None,
+        }
+    }
+
+    /// Restores the warm prefix's blocks from its file, or queues its computation (a one-token
+    /// request of the engine's own) when the cache does not hold all its whole blocks.
+    fn start_warm(&mut self, w: WarmPrefix) {
+        let whole = w.tokens.len() / BLOCK_TOKENS * BLOCK_TOKENS;
+        if whole == 0
+            || w.tokens.len() >= self.pool.max_tokens()
+            || w.tokens.len() >= self.model.ctx_size
+        {
+            return;
+        }
+        let model_id = self.model.model.fingerprint();
+        if let Some(f) = w.file.as_deref().filter(|f| f.exists()) {
+            let t0 = Instant::now();
+            match self.pool.load_prefix(f, model_id) {
+                Ok(n) => tracing::info!(
+                    "restored {n} cached positions from {} in {:.0} ms; {} of the {whole} \
+                     warm-prefix positions are cached",
+                    f.display(),
+                    t0.elapsed().as_secs_f64() * 1e3,
+                    self.pool.cached_prefix_len(&w.tokens)
+                ),
+                Err(e) => tracing::warn!("not restoring the prefix cache: {e}"),
+            }
+        }
+        if self.pool.cached_prefix_len(&w.tokens) >= whole {
+            return;
+        }
+        let (tx, rx) = unbounded_channel();
+        self.enqueue(Submitted {
+            req: Request {
+                prompt_ids: w.tokens.clone(),
+                max_tokens: 1,
+                sampling: SamplingParams::default(),
+                stop: Vec::new(),
+                ignore_eos: true,
+                logprobs: None,
+                deadline: None,
+            },
+            events: tx,
+            arrived: Instant::now(),
+            internal: true,
+        });
+        self.warm = Some(Warm {
+            tokens: w.tokens,
+            file: w.file,
+            model_id,
+            events: rx,
+        });
+    }
+
+    /// Once the warm-up request has ended, writes its blocks to the file (if any).
+    fn check_warm(&mut self) {
+        let Some(w) = self.warm.as_mut() else { return };
+        let ended = loop {
+            match w.events.try_recv() {
+                Ok(Event::Done { .. }) | Ok(Event::Error(_)) => break true,
+                Ok(Event::Token { .. }) => continue,
+                Err(_) => break false,
+            }
+        };
+        if !ended {
+            return;
+        }
+        let Some(w) = self.warm.take() else { return };
+        let Some(f) = w.file else { return };
+        match self.pool.save_prefix(&w.tokens, w.model_id, &f) {
+            Ok(n) => tracing::info!("saved {n} prompt-prefix positions to {}", f.display()),
+            Err(e) => tracing::warn!("cannot save the prefix cache: {e}"),
         }
     }
 
@@ -249,6 +365,7 @@ impl Scheduler {
                 // Nothing can run (the cache is held elsewhere): wait briefly for a change.
                 std::thread::sleep(Duration::from_millis(5));
             }
+            self.check_warm();
             self.publish();
         }
     }
@@ -268,6 +385,7 @@ impl Scheduler {
             out,
             cached_tokens: 0,
             last_token_at: None,
+            internal: s.internal,
         });
     }
 
@@ -559,6 +677,7 @@ impl Scheduler {
             s.tokens.push(id);
             let now = Instant::now();
             match s.last_token_at {
+                _ if s.internal => {}
                 None => self
                     .metrics
                     .ttft
@@ -569,9 +688,11 @@ impl Scheduler {
                     .observe(now.duration_since(t).as_secs_f64()),
             }
             s.last_token_at = Some(now);
-            self.metrics
-                .generation_tokens_total
-                .fetch_add(1, Ordering::Relaxed);
+            if !s.internal {
+                self.metrics
+                    .generation_tokens_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             if !s.req.ignore_eos && self.model.eos_ids.contains(&id) {
                 let _ = s.events.send(Event::Token {
                     id,

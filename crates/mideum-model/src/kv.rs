@@ -24,6 +24,9 @@ use crate::error::{ModelError, Result};
 use mideum_kernels::attn::{quantize_q8, KvRows, Q8_GROUP};
 use std::collections::{BTreeMap, HashMap};
 
+mod persist;
+pub(crate) use persist::fingerprint;
+
 /// Positions per block.
 pub const BLOCK_TOKENS: usize = 16;
 

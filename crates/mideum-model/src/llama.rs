@@ -378,6 +378,40 @@ impl Llama {
         )
     }
 
+    /// Names these weights in a saved prefix cache ([`KvPool::save_prefix`]): a hash of the
+    /// shape, the KV element type, every norm weight and the first and last layers' query and
+    /// down projections as stored (so a requantized or different checkpoint differs).
+    pub fn fingerprint(&self) -> u64 {
+        let c = &self.config;
+        let shape: Vec<u8> = [
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.vocab_size,
+        ]
+        .iter()
+        .flat_map(|&x| (x as u64).to_le_bytes())
+        .chain(self.kv_type.name().bytes())
+        .collect();
+        let f32s = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let mut norms = f32s(&self.final_norm);
+        for l in &self.layers {
+            norms.extend(f32s(&l.attn_norm));
+            norms.extend(f32s(&l.ffn_norm));
+        }
+        let mut parts: Vec<std::borrow::Cow<'_, [u8]>> = vec![shape.into(), norms.into()];
+        if let (Some(first), Some(last)) = (self.layers.first(), self.layers.last()) {
+            for t in [&first.wq, &first.w_down, &last.wq, &last.w_down] {
+                parts.push(t.dtype.name().as_bytes().into());
+                parts.push(t.raw_bytes());
+            }
+        }
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_ref()).collect();
+        crate::kv::fingerprint(&refs)
+    }
+
     /// Bytes of one KV block for this model.
     pub fn kv_block_bytes(&self) -> usize {
         KvPool::block_bytes(

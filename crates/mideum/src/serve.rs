@@ -3,8 +3,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mideum_engine::{Engine, EngineConfig};
+use mideum_engine::{Engine, EngineConfig, WarmPrefix};
 use mideum_gateway::{AppState, ServedModel};
+use mideum_model::LoadedModel;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,10 +52,62 @@ pub struct ServeArgs {
     /// Seconds a request may run before it is ended (0 = no limit).
     #[arg(long, default_value_t = 600)]
     pub request_timeout: u64,
+    /// Compute each model's default system prompt (what its chat template puts in front of
+    /// every conversation without a system message) at startup, and keep its KV cache in this
+    /// directory (one file per model): a restart restores it instead of computing it again.
+    #[arg(long)]
+    pub prefix_cache_dir: Option<PathBuf>,
     /// Tenant store (`sqlite:PATH` or `postgres://…`): API keys, limits and the durable audit
     /// trail come from it, and `/admin/` is served (admin token in MIDEUM_ADMIN_TOKEN).
     #[arg(long)]
     pub store: Option<String>,
+}
+
+/// The tokens every chat without a system message starts with (the template's default system
+/// prompt and the markup around it): the common start of two one-message chats. `None` when
+/// the model has no chat template or the common start is shorter than one KV block.
+fn default_prefix(m: &LoadedModel) -> Option<Vec<u32>> {
+    let chat = |text: &str| {
+        m.encode_chat(
+            &serde_json::json!([{"role": "user", "content": text}]),
+            None,
+            true,
+        )
+        .ok()
+        .map(|(_, ids)| ids)
+    };
+    let (a, b) = (chat("a")?, chat("b")?);
+    let n = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    (n >= mideum_model::BLOCK_TOKENS).then(|| a[..n].to_vec())
+}
+
+/// What `--prefix-cache-dir` asks of the engine for model `name`: its default prefix, kept in
+/// `DIR/NAME.kvcache` (the name with anything but letters, digits, `.`, `-` and `_` replaced).
+fn warm_prefix(dir: Option<&std::path::Path>, name: &str, m: &LoadedModel) -> Option<WarmPrefix> {
+    let dir = dir?;
+    let Some(tokens) = default_prefix(m) else {
+        eprintln!("{name}: no default system prompt to keep (no chat template, or too short)");
+        return None;
+    };
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    eprintln!(
+        "{name}: default system prompt of {} tokens, kept in {}",
+        tokens.len(),
+        dir.join(format!("{safe}.kvcache")).display()
+    );
+    Some(WarmPrefix {
+        tokens,
+        file: Some(dir.join(format!("{safe}.kvcache"))),
+    })
 }
 
 fn physical_memory_mb() -> Option<usize> {
@@ -69,6 +122,11 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         bail!("--max-running, --max-queue and --step-tokens must be at least 1");
     }
     let kv_type = crate::parse_kv_type(&a.kv_type)?;
+    if let Some(d) = &a.prefix_cache_dir {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("--prefix-cache-dir {}", d.display()))?;
+    }
+    let cache_dir = a.prefix_cache_dir.as_deref();
     let timeout = (a.request_timeout > 0).then(|| Duration::from_secs(a.request_timeout));
     let mut state = AppState::new(timeout);
     let kv_mb = a
@@ -108,7 +166,8 @@ pub fn run(a: &ServeArgs) -> Result<()> {
             kv_mb,
             kv_blocks * mideum_model::BLOCK_TOKENS
         );
-        let engine = Arc::new(Engine::start(Arc::new(m), &name, cfg));
+        let warm = warm_prefix(cache_dir, &name, &m);
+        let engine = Arc::new(Engine::start_warm(Arc::new(m), &name, cfg, warm));
         let aliases: Vec<String> = a
             .aliases
             .iter()
@@ -159,7 +218,8 @@ pub fn run(a: &ServeArgs) -> Result<()> {
                 kv_blocks,
             };
             eprintln!("loaded backend {bname} from {}", path.get_ref());
-            let engine = Arc::new(Engine::start(Arc::new(m), bname, cfg));
+            let warm = warm_prefix(cache_dir, bname, &m);
+            let engine = Arc::new(Engine::start_warm(Arc::new(m), bname, cfg, warm));
             state
                 .add(
                     ServedModel {

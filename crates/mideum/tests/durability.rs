@@ -2,24 +2,15 @@
 //! while clients send requests, then restarted; every request a client saw succeed must have
 //! its audit record, and the chain must verify.
 
+mod common;
+
+use common::{bin, post, serve};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_mideum")
-}
-
-fn model() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/models/tiny-mini")
-        .display()
-        .to_string()
-}
+use std::time::Duration;
 
 fn cli(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(bin()).args(args).output().unwrap();
@@ -30,62 +21,8 @@ fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// One HTTP/1.1 request with `Connection: close`; the status, or None if the connection failed.
-fn post(port: u16, path: &str, key: &str, body: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    // A response cut by the kill has no complete body: count it as failed.
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    Some((status, body.to_string()))
-}
-
-fn healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
-}
-
 fn start(port: u16, store: &str) -> Child {
-    let child = Command::new(bin())
-        .args([
-            "serve",
-            "-m",
-            &model(),
-            "--port",
-            &port.to_string(),
-            "--store",
-            store,
-            "-t",
-            "1",
-            "--ctx-size",
-            "256",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !healthy(port) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+    serve(port, &["--store", store])
 }
 
 /// A small xorshift generator seeded from the clock: kill times differ from run to run.
