@@ -4,6 +4,9 @@
 //! alone, in L1) without DRAM noise; `qbench` measures whole layers from DRAM.
 //!
 //!     cargo run --release -p mideum-kernels --example gbench -- [THREADS] [T]
+//!
+//! `GBENCH_SHAPES=n:k,n:k` times other shapes (the model's: 6144:1792, 9216:1792, 1792:4096,
+//! 1792:4608).
 use mideum_kernels::packed::{self, Packed};
 use mideum_kernels::quant::{quantize_row, QuantType};
 use mideum_kernels::{matmul, DotKernel, ThreadPool, WeightView};
