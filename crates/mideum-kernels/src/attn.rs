@@ -10,8 +10,8 @@
 //! cascade groups) widen each block to f32 into an L1-sized buffer once; from 32 queries on
 //! they take the wide path, which also transposes the block's keys so that tiles of six
 //! queries score sixteen keys at a time from broadcast query elements, with no horizontal
-//! sums. `scalar` is the reference twin of the
-//! AVX2 path (F16C for the conversion, FMA, a polynomial `exp`).
+//! sums. `scalar` is the reference twin of the AVX2 path (F16C for the conversion, FMA, a
+//! polynomial `exp`).
 //!
 //! A q8_0 block (llama.cpp's `-ctk q8_0` layout: groups of [`Q8_GROUP`] int8 values along each
 //! head row, one f16 scale per group) is always dequantized into the f32 buffer first, so the
@@ -524,7 +524,8 @@ fn run<'a, O: Ops>(
     }
 }
 
-/// The wide path, for calls with more queries than one tile (prefill rows, cascade groups).
+/// The wide path, for calls with at least [`WIDE_FROM`] queries (prefill rows, cascade
+/// groups).
 ///
 /// Each block is widened to f32 once and its keys are transposed, [`KW`] at a time, into
 /// `kt[d * KW + j]`; tiles of [`QW`] queries then score a whole piece with one broadcast query
