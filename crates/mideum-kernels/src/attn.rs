@@ -466,18 +466,9 @@ fn run<'a, O: Ops>(
     for b in 0..n_blocks {
         let j0 = b * s.block;
         let jn = s.block.min(n_keys - j0);
-        let ahead = if b + 1 < n_blocks {
-            let next = kv(b + 1);
-            O::prefetch_scales(&next);
-            Ahead::of(&next)
-        } else {
-            Ahead::NONE
-        };
+        let ahead = ahead::<O>(kv, b, n_blocks);
         let e = jn * hd;
         match kv(b) {
-            KvRows::F32 { k, v } => {
-                block::<O, &[f32]>(s, q, q_stride, &mut st, &k[..e], &v[..e], j0, jn, ahead)
-            }
             KvRows::F16 { k, v } if !widen_all => block::<O, Half>(
                 s,
                 q,
@@ -489,37 +480,50 @@ fn run<'a, O: Ops>(
                 jn,
                 ahead,
             ),
-            KvRows::F16 { k, v } => {
-                O::widen(&k[..e], &mut kbuf[..e]);
-                O::widen(&v[..e], &mut vbuf[..e]);
-                block::<O, &[f32]>(
-                    s,
-                    q,
-                    q_stride,
-                    &mut st,
-                    &kbuf[..e],
-                    &vbuf[..e],
-                    j0,
-                    jn,
-                    ahead,
-                )
+            rows => {
+                let (k, v) = as_f32::<O>(rows, jn, hd, kbuf, vbuf);
+                block::<O, &[f32]>(s, q, q_stride, &mut st, k, v, j0, jn, ahead)
             }
-            KvRows::Q8 { k, v, ks, vs } => {
-                let ns = jn * hd.div_ceil(Q8_GROUP);
-                O::widen_q8(&k[..e], &ks[..ns], hd, &mut kbuf[..e]);
-                O::widen_q8(&v[..e], &vs[..ns], hd, &mut vbuf[..e]);
-                block::<O, &[f32]>(
-                    s,
-                    q,
-                    q_stride,
-                    &mut st,
-                    &kbuf[..e],
-                    &vbuf[..e],
-                    j0,
-                    jn,
-                    ahead,
-                )
-            }
+        }
+    }
+}
+
+/// The block after `b` (of `n_blocks`) to prefetch while `b` is processed; its q8 scales are
+/// requested at once.
+#[inline(always)]
+fn ahead<'a, O: Ops>(kv: &dyn Fn(usize) -> KvRows<'a>, b: usize, n_blocks: usize) -> Ahead {
+    if b + 1 < n_blocks {
+        let next = kv(b + 1);
+        O::prefetch_scales(&next);
+        Ahead::of(&next)
+    } else {
+        Ahead::NONE
+    }
+}
+
+/// The first `jn` key and value rows of a block as f32: f32 rows as they are, f16 and q8_0
+/// rows widened into `kbuf`/`vbuf`.
+#[inline(always)]
+fn as_f32<'b, O: Ops>(
+    rows: KvRows<'b>,
+    jn: usize,
+    hd: usize,
+    kbuf: &'b mut [f32],
+    vbuf: &'b mut [f32],
+) -> (&'b [f32], &'b [f32]) {
+    let e = jn * hd;
+    match rows {
+        KvRows::F32 { k, v } => (&k[..e], &v[..e]),
+        KvRows::F16 { k, v } => {
+            O::widen(&k[..e], &mut kbuf[..e]);
+            O::widen(&v[..e], &mut vbuf[..e]);
+            (&kbuf[..e], &vbuf[..e])
+        }
+        KvRows::Q8 { k, v, ks, vs } => {
+            let ns = jn * hd.div_ceil(Q8_GROUP);
+            O::widen_q8(&k[..e], &ks[..ns], hd, &mut kbuf[..e]);
+            O::widen_q8(&v[..e], &vs[..ns], hd, &mut vbuf[..e]);
+            (&kbuf[..e], &vbuf[..e])
         }
     }
 }
@@ -568,28 +572,8 @@ fn run_wide<'a, O: Ops>(
     for b in 0..n_blocks {
         let j0 = b * s.block;
         let jn = s.block.min(n_keys - j0);
-        let e = jn * hd;
-        let ahead = if b + 1 < n_blocks {
-            let next = kv(b + 1);
-            O::prefetch_scales(&next);
-            Ahead::of(&next)
-        } else {
-            Ahead::NONE
-        };
-        let (k, v): (&[f32], &[f32]) = match kv(b) {
-            KvRows::F32 { k, v } => (&k[..e], &v[..e]),
-            KvRows::F16 { k, v } => {
-                O::widen(&k[..e], &mut kbuf[..e]);
-                O::widen(&v[..e], &mut vbuf[..e]);
-                (&kbuf[..e], &vbuf[..e])
-            }
-            KvRows::Q8 { k, v, ks, vs } => {
-                let ns = jn * hd.div_ceil(Q8_GROUP);
-                O::widen_q8(&k[..e], &ks[..ns], hd, &mut kbuf[..e]);
-                O::widen_q8(&v[..e], &vs[..ns], hd, &mut vbuf[..e]);
-                (&kbuf[..e], &vbuf[..e])
-            }
-        };
+        let ahead = ahead::<O>(kv, b, n_blocks);
+        let (k, v) = as_f32::<O>(kv(b), jn, hd, kbuf, vbuf);
         let mut p0 = 0;
         while p0 < jn {
             let pn = (jn - p0).min(KW);

@@ -391,6 +391,16 @@ mod tests {
         dir.join(name)
     }
 
+    /// `blocks` whole blocks of tokens written by an f16 pool to file `name` for model `id`.
+    fn saved(blocks: u32, name: &str, id: u64) -> (Vec<u32>, std::path::PathBuf) {
+        let tokens: Vec<u32> = (0..blocks * BLOCK_TOKENS as u32).collect();
+        let path = tmp(name);
+        filled(KvType::F16, &tokens)
+            .save_prefix(&tokens, id, &path)
+            .unwrap();
+        (tokens, path)
+    }
+
     #[test]
     fn saved_blocks_restore_bit_for_bit_and_serve_as_prefix() {
         let tokens: Vec<u32> = (0..3 * BLOCK_TOKENS as u32 + 5)
@@ -422,10 +432,7 @@ mod tests {
 
     #[test]
     fn foreign_or_damaged_files_are_refused_and_change_nothing() {
-        let tokens: Vec<u32> = (0..2 * BLOCK_TOKENS as u32).collect();
-        let a = filled(KvType::F16, &tokens);
-        let path = tmp("good.kv");
-        a.save_prefix(&tokens, 7, &path).unwrap();
+        let (tokens, path) = saved(2, "good.kv", 7);
         let good = std::fs::read(&path).unwrap();
         let fresh = || KvPool::new(LAYERS, HEADS, HD, 16, KvType::F16);
         let refused = |p: &std::path::Path, id: u64, pool: &mut KvPool| -> String {
@@ -458,10 +465,7 @@ mod tests {
 
     #[test]
     fn a_full_pool_restores_what_fits() {
-        let tokens: Vec<u32> = (0..4 * BLOCK_TOKENS as u32).collect();
-        let a = filled(KvType::F16, &tokens);
-        let path = tmp("fits.kv");
-        a.save_prefix(&tokens, 1, &path).unwrap();
+        let (tokens, path) = saved(4, "fits.kv", 1);
         let mut small = KvPool::new(LAYERS, HEADS, HD, 2, KvType::F16);
         let mut hold = SeqKv::default();
         small.reserve(&mut hold, 1).unwrap();
