@@ -14,8 +14,11 @@
 //! polynomial `exp`).
 //!
 //! A q8_0 block (llama.cpp's `-ctk q8_0` layout: groups of [`Q8_GROUP`] int8 values along each
-//! head row, one f16 scale per group) is always dequantized into the f32 buffer first, so the
-//! scoring and mixing that follow are the same code for every cache type.
+//! head row, one f16 scale per group) is read in place by the decode tiles when the head
+//! dimension is a multiple of [`Q8_GROUP`]: only its scales are widened, and each 8-wide chunk
+//! is sign-extended, converted and scaled in registers on the way, as f16 chunks are converted.
+//! Otherwise, and for calls with more queries, it is dequantized into the f32 buffer first. Both
+//! routes form the same products, so they give identical results.
 
 use crate::dot::f16_to_f32;
 use std::cell::RefCell;
@@ -323,6 +326,39 @@ impl Rows for Half<'_> {
     }
 }
 
+/// q8_0 rows whose head dimension is a multiple of [`Q8_GROUP`], dequantized on use: element
+/// `i` is `q[i] × d[i / Q8_GROUP]` (the scales already widened to f32), the same product the
+/// widening path stores, so both give identical results.
+#[derive(Clone, Copy)]
+struct Q8Rows<'a> {
+    q: &'a [i8],
+    d: &'a [f32],
+}
+
+impl Rows for Q8Rows<'_> {
+    #[inline(always)]
+    fn len(self) -> usize {
+        self.q.len()
+    }
+    #[inline(always)]
+    fn get(self, i: usize) -> f32 {
+        self.q[i] as f32 * self.d[i / Q8_GROUP]
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(self, i: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        debug_assert!(i + 8 <= self.q.len() && i / Q8_GROUP < self.d.len());
+        // SAFETY: the caller keeps i + 8 within the values, whose scales `d` covers (one per
+        // group of Q8_GROUP, and 8 divides Q8_GROUP so the 8 share one); it has AVX2.
+        unsafe {
+            let x = _mm_loadl_epi64(self.q.as_ptr().add(i) as *const __m128i);
+            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x));
+            _mm256_mul_ps(f, _mm256_broadcast_ss(&*self.d.as_ptr().add(i / Q8_GROUP)))
+        }
+    }
+}
+
 /// Scores of up to [`QT`] queries, [`PIECE`] keys each.
 type Tile = [[f32; PIECE]; QT];
 
@@ -480,6 +516,23 @@ fn run<'a, O: Ops>(
                 jn,
                 ahead,
             ),
+            // Dequantized on use: only the block's scales are widened (into the spare scratch).
+            KvRows::Q8 { k, v, ks, vs } if !widen_all && hd.is_multiple_of(Q8_GROUP) => {
+                let ns = jn * hd / Q8_GROUP;
+                O::widen(&ks[..ns], &mut kbuf[..ns]);
+                O::widen(&vs[..ns], &mut vbuf[..ns]);
+                let (kr, vr) = (
+                    Q8Rows {
+                        q: &k[..e],
+                        d: &kbuf[..ns],
+                    },
+                    Q8Rows {
+                        q: &v[..e],
+                        d: &vbuf[..ns],
+                    },
+                );
+                block::<O, Q8Rows>(s, q, q_stride, &mut st, kr, vr, j0, jn, ahead)
+            }
             rows => {
                 let (k, v) = as_f32::<O>(rows, jn, hd, kbuf, vbuf);
                 block::<O, &[f32]>(s, q, q_stride, &mut st, k, v, j0, jn, ahead)
@@ -1481,6 +1534,61 @@ mod tests {
                 }
                 for (i, (x, y)) in a.iter().zip(&want).enumerate() {
                     prop_assert!((x - y).abs() <= 2e-5 * (1.0 + (hd as f32).sqrt()), "{kern:?} [{i}] {x} vs {y}");
+                }
+            }
+        }
+
+        #[test]
+        fn q8_rows_read_in_place_equal_their_dequantized_f32_rows(
+            groups in 1usize..5, group in 1usize..5, rows in 1usize..3, pos0 in 0usize..90,
+            block in 1usize..40, seed in 0u32..10000, amp in 0.01f32..20.0,
+        ) {
+            // Decode-sized calls (≤ 4 queries) over q8 rows of whole scale groups take the
+            // dequantize-on-use path; f32 rows holding the dequantized values take the same
+            // tile kernels, so the outputs must agree bit for bit.
+            prop_assume!(rows * group <= WIDEN_ABOVE);
+            let hd = groups * Q8_GROUP;
+            let mut r = rnd(seed);
+            let n_blocks = (pos0 + rows).div_ceil(block);
+            let n = n_blocks * block * hd;
+            let gpr = hd / Q8_GROUP;
+            let q8 = |x: &[f32]| {
+                let mut q = vec![0i8; x.len()];
+                let mut sc = vec![0u16; x.len() / hd * gpr];
+                for ((xr, qr), sr) in x.chunks(hd).zip(q.chunks_mut(hd)).zip(sc.chunks_mut(gpr)) {
+                    quantize_q8(xr, qr, sr);
+                }
+                let mut f = vec![0f32; x.len()];
+                dequant_q8(&q, &sc, hd, &mut f);
+                (q, sc, f)
+            };
+            let kx: Vec<f32> = (0..n).map(|_| r() * amp).collect();
+            let vx: Vec<f32> = (0..n).map(|_| r()).collect();
+            let ((kq, ks, kf), (vq, vs, vf)) = (q8(&kx), q8(&vx));
+            let q: Vec<f32> = (0..rows * group * hd).map(|_| r()).collect();
+            let shape = AttnShape { head_dim: hd, group, rows, pos0, block, scale: 1.0 / (hd as f32).sqrt() };
+            let (bl, sl) = (block * hd, block * gpr);
+            let f32_rows = |b: usize| KvRows::F32 { k: &kf[b * bl..(b + 1) * bl], v: &vf[b * bl..(b + 1) * bl] };
+            let q8_rows = |b: usize| KvRows::Q8 {
+                k: &kq[b * bl..(b + 1) * bl],
+                v: &vq[b * bl..(b + 1) * bl],
+                ks: &ks[b * sl..(b + 1) * sl],
+                vs: &vs[b * sl..(b + 1) * sl],
+            };
+            fn run<'a>(
+                kern: AttnKernel, shape: &AttnShape, q: &[f32], kv: &dyn Fn(usize) -> KvRows<'a>,
+            ) -> Vec<f32> {
+                let w = shape.group * shape.head_dim;
+                let mut out = vec![f32::NAN; shape.rows * w];
+                attend(kern, shape, q, w, kv, &mut |row, o| {
+                    out[row * w..(row + 1) * w].copy_from_slice(o);
+                });
+                out
+            }
+            for kern in AttnKernel::available() {
+                let (want, got) = (run(kern, &shape, &q, &f32_rows), run(kern, &shape, &q, &q8_rows));
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    prop_assert_eq!(a.to_bits(), b.to_bits(), "{:?} [{}] {} vs {}", kern, i, a, b);
                 }
             }
         }
