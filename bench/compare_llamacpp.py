@@ -5,6 +5,9 @@ the same GGUF files, interleaved round by round, and prints medians and ratios.
 Each engine runs in its own process per measurement, so neither keeps the other's pages warm
 in its address space. llama.cpp is timed like llama-bench: random tokens, one warm-up, prompt
 as one batch (n_batch = n_ubatch = prompt length), generation one token per decode.
+
+`--kv-type q8_0` stores both engines' KV caches as q8_0 (llama.cpp: `-ctk q8_0 -ctv q8_0`, which
+needs its flash-attention path, so that is switched on for it); the default is f16 for both.
 """
 import argparse
 import json
@@ -14,7 +17,7 @@ import sys
 import time
 
 
-def llamacpp_worker(path, threads, n_prompt, n_gen, reps, depth=0):
+def llamacpp_worker(path, threads, n_prompt, n_gen, reps, depth=0, kv_type="f16"):
     import random
     import llama_cpp
 
@@ -30,7 +33,11 @@ def llamacpp_worker(path, threads, n_prompt, n_gen, reps, depth=0):
     cp.n_ubatch = max(n_prompt, 512 if depth else 1)
     cp.n_threads = threads
     cp.n_threads_batch = threads
+    if kv_type == "q8_0":
+        cp.type_k = cp.type_v = llama_cpp.GGML_TYPE_Q8_0
+        cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
     ctx = llama_cpp.llama_init_from_model(model, cp)
+    assert ctx, "llama.cpp refused the context parameters"
     rnd = random.Random(42)
 
     def decode(toks):
@@ -87,12 +94,14 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tests", default="tg64@1,tg64@2,pp512@2", help="testN@threads[:dDEPTH], comma-separated")
     ap.add_argument("--inner-reps", type=int, default=2, help="timed repetitions per process (after one warm-up)")
-    ap.add_argument("--worker", nargs="+", metavar="FILE T P N R [DEPTH]")
+    ap.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type of both engines")
+    ap.add_argument("--worker", nargs="+", metavar="FILE T P N R [DEPTH [KV_TYPE]]")
     a = ap.parse_args()
     if a.worker:
         f, t, p, n, r = a.worker[:5]
         d = int(a.worker[5]) if len(a.worker) > 5 else 0
-        llamacpp_worker(f, int(t), int(p), int(n), int(r), d)
+        kv = a.worker[6] if len(a.worker) > 6 else "f16"
+        llamacpp_worker(f, int(t), int(p), int(n), int(r), d, kv)
         return
     tests = []
     for spec in a.tests.split(","):
@@ -110,10 +119,11 @@ def main():
                 order = ["mideum", "llama.cpp"] if rnd % 2 == 0 else ["llama.cpp", "mideum"]
                 for eng in order:
                     if eng == "mideum":
-                        rows = run_json([a.mideum, "bench", "-m", f, "-p", str(p), "-n", str(n), "-t", str(t), "-r", str(a.inner_reps), "--json"]
+                        rows = run_json([a.mideum, "bench", "-m", f, "-p", str(p), "-n", str(n), "-t", str(t), "-r", str(a.inner_reps), "--json",
+                                         "--kv-type", a.kv_type]
                                         + (["-d", str(d), "--depth-fill", "synthetic"] if d else []))
                     else:
-                        rows = run_json([sys.executable, __file__, "--worker", f, str(t), str(p), str(n), str(a.inner_reps), str(d)])
+                        rows = run_json([sys.executable, __file__, "--worker", f, str(t), str(p), str(n), str(a.inner_reps), str(d), a.kv_type])
                     res.setdefault(key, {}).setdefault(eng, []).append(rows[0])
                     r0 = rows[0]
                     print(f"round {rnd + 1}/{a.reps} {f.split('/')[-1]} {name} t={t} {eng}: {r0['avg_ts']:.2f} t/s"

@@ -1,9 +1,12 @@
 //! Times decode attention over a Mi:dm Mini-shaped KV cache (48 layers, 8 KV heads of 128,
-//! 4 query heads per KV head) stored as f16 and as q8_0, on one thread, interleaved:
-//! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS] [hot] [rows=N]`.
+//! 4 query heads per KV head) stored as f16 and as q8_0, interleaved:
+//! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS] [hot] [rows=N]
+//! [threads=T]`.
 //! `rows=N`: N query rows after the depth (a prefill chunk) instead of one decode row.
-//! With `hot`, every (layer, head) reads the first one's rows, which stay in the caches: the
-//! arithmetic rate without DRAM traffic.
+//! `threads=T`: the (layer, head) calls dealt round-robin to T threads, as the model's pool
+//! deals a layer's KV heads.
+//! With `hot`, every (layer, head) of a thread reads the same unit's rows, which stay in the
+//! caches: the arithmetic rate without DRAM traffic.
 
 use mideum_kernels::attn::{attend, quantize_q8, AttnKernel, AttnShape, KvRows, Q8_GROUP};
 use std::time::Instant;
@@ -21,6 +24,11 @@ fn main() {
         .iter()
         .find_map(|s| s.strip_prefix("rows=").and_then(|v| v.parse().ok()))
         .unwrap_or(1);
+    let threads: usize = rest
+        .iter()
+        .find_map(|s| s.strip_prefix("threads=").and_then(|v| v.parse().ok()))
+        .unwrap_or(1)
+        .max(1);
     let (layers, heads, hd, group, block) = (48usize, 8usize, 128usize, 4usize, 16usize);
     let units = layers * heads;
     let n_blocks = (depth + rows).div_ceil(block);
@@ -58,7 +66,7 @@ fn main() {
     let bytes16 = (units * 2 * (depth + 1) * hd * 2) as f64;
     let bytes8 = (units * 2 * (depth + 1) * (hd + 2 * gpr)) as f64;
     println!(
-        "{kern:?}, depth {depth}{}: f16 {:.0} MB, q8_0 {:.0} MB per token",
+        "{kern:?}, {threads} thread(s), depth {depth}{}: f16 {:.0} MB, q8_0 {:.0} MB per token",
         if hot {
             " (hot: one head's rows, in cache)"
         } else {
@@ -71,23 +79,42 @@ fn main() {
     for round in 0..rounds {
         for ty in ["f16", "q8_0"] {
             let t0 = Instant::now();
-            for u in (0..units).map(|u| if hot { 0 } else { u }) {
-                let (ko, vo) = (u * 2 * per, u * 2 * per + per);
-                let (kso, vso) = (ko / hd * gpr, vo / hd * gpr);
-                let kv = |b: usize| match ty {
-                    "f16" => KvRows::F16 {
-                        k: &h16[ko + b * bl..ko + (b + 1) * bl],
-                        v: &h16[vo + b * bl..vo + (b + 1) * bl],
-                    },
-                    _ => KvRows::Q8 {
-                        k: &q8[ko + b * bl..ko + (b + 1) * bl],
-                        v: &q8[vo + b * bl..vo + (b + 1) * bl],
-                        ks: &sc[kso + b * sl..kso + (b + 1) * sl],
-                        vs: &sc[vso + b * sl..vso + (b + 1) * sl],
-                    },
-                };
-                attend(kern, &shape, &q, group * hd, &kv, &mut |_, o| sink += o[0]);
-            }
+            // Thread `tid` takes units tid, tid + threads, ... (with `hot`, all of them read
+            // unit `tid`'s rows, so that the threads do not share one head's cache lines).
+            let run_units = |tid: usize| -> f32 {
+                let mut sink = 0f32;
+                for u in (tid..units).step_by(threads) {
+                    let u = if hot { tid } else { u };
+                    let (ko, vo) = (u * 2 * per, u * 2 * per + per);
+                    let (kso, vso) = (ko / hd * gpr, vo / hd * gpr);
+                    let kv = |b: usize| match ty {
+                        "f16" => KvRows::F16 {
+                            k: &h16[ko + b * bl..ko + (b + 1) * bl],
+                            v: &h16[vo + b * bl..vo + (b + 1) * bl],
+                        },
+                        _ => KvRows::Q8 {
+                            k: &q8[ko + b * bl..ko + (b + 1) * bl],
+                            v: &q8[vo + b * bl..vo + (b + 1) * bl],
+                            ks: &sc[kso + b * sl..kso + (b + 1) * sl],
+                            vs: &sc[vso + b * sl..vso + (b + 1) * sl],
+                        },
+                    };
+                    attend(kern, &shape, &q, group * hd, &kv, &mut |_, o| sink += o[0]);
+                }
+                sink
+            };
+            std::thread::scope(|s| {
+                let others: Vec<_> = (1..threads)
+                    .map(|tid| {
+                        let run = &run_units;
+                        s.spawn(move || run(tid))
+                    })
+                    .collect();
+                sink += run_units(0);
+                for h in others {
+                    sink += h.join().unwrap_or(0.0);
+                }
+            });
             let dt = t0.elapsed().as_secs_f64();
             let b = if ty == "f16" { bytes16 } else { bytes8 };
             println!(
