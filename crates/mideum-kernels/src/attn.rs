@@ -1259,99 +1259,67 @@ pub(crate) mod x86 {
         out: &mut Tile,
         ahead: (*const u8, usize),
     ) {
-        let hd8 = hd / 8 * 8;
-        let qp = q.as_ptr();
         // One prefetch step per iteration: ⌈n / 3⌉ of them (triples, then a pair or a single).
         let mut pf = Prefetcher::new(ahead, n.div_ceil(3));
-        let sv = _mm256_set1_ps(scale);
         let mut j = 0;
-        while j + 3 <= n {
+        while j < n {
             pf.step();
-            let r = [(j0 + j) * hd, (j0 + j + 1) * hd, (j0 + j + 2) * hd];
-            let mut a = [_mm256_setzero_ps(); 12];
-            let mut d = 0;
-            while d < hd8 {
-                let k0 = k.load8(r[0] + d);
-                let k1 = k.load8(r[1] + d);
-                let k2 = k.load8(r[2] + d);
-                for i in 0..T {
-                    let qv = _mm256_loadu_ps(qp.add(i * hd + d));
-                    a[3 * i] = _mm256_fmadd_ps(qv, k0, a[3 * i]);
-                    a[3 * i + 1] = _mm256_fmadd_ps(qv, k1, a[3 * i + 1]);
-                    a[3 * i + 2] = _mm256_fmadd_ps(qv, k2, a[3 * i + 2]);
-                }
-                d += 8;
+            match n - j {
+                1 => score_keys::<T, 1, S>(q, k, j0, j, hd, scale, out),
+                2 => score_keys::<T, 2, S>(q, k, j0, j, hd, scale, out),
+                _ => score_keys::<T, 3, S>(q, k, j0, j, hd, scale, out),
             }
-            // Lane 3i + t (of 12) holds query i's score against key j + t.
-            let mut lanes = [0f32; 12];
-            _mm256_storeu_ps(
-                lanes.as_mut_ptr(),
-                hsum8(&[a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
-            );
+            j += 3;
+        }
+    }
+
+    /// Scores of `T` queries against the `K` (≤ 3) keys `j0 + j ..`, into `out[i][j ..]`.
+    ///
+    /// # Safety
+    /// As [`scores_t`]; key rows `j0 + j .. j0 + j + K` exist.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn score_keys<const T: usize, const K: usize, S: Rows>(
+        q: &[f32],
+        k: S,
+        j0: usize,
+        j: usize,
+        hd: usize,
+        scale: f32,
+        out: &mut Tile,
+    ) {
+        let hd8 = hd / 8 * 8;
+        let qp = q.as_ptr();
+        let r: [usize; K] = std::array::from_fn(|t| (j0 + j + t) * hd);
+        // Accumulator K·i + t: query i against key j + t (at most 12 with four queries).
+        let mut a = [_mm256_setzero_ps(); 12];
+        let mut d = 0;
+        while d < hd8 {
+            let kv: [__m256; K] = std::array::from_fn(|t| k.load8(r[t] + d));
+            for i in 0..T {
+                let qv = _mm256_loadu_ps(qp.add(i * hd + d));
+                for t in 0..K {
+                    a[K * i + t] = _mm256_fmadd_ps(qv, kv[t], a[K * i + t]);
+                }
+            }
+            d += 8;
+        }
+        // Lane K·i + t holds the sum of accumulator K·i + t.
+        let mut lanes = [0f32; 12];
+        _mm256_storeu_ps(
+            lanes.as_mut_ptr(),
+            hsum8(&[a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        );
+        if K * T > 8 {
             _mm_storeu_ps(
                 lanes.as_mut_ptr().add(8),
                 hsum4(&[a[8], a[9], a[10], a[11]]),
             );
-            for i in 0..T {
-                for t in 0..3 {
-                    let tail: f32 = (hd8..hd).map(|e| q[i * hd + e] * k.get(r[t] + e)).sum();
-                    out[i][j + t] = (lanes[3 * i + t] + tail) * scale;
-                }
-            }
-            j += 3;
         }
-        while j + 2 <= n {
-            pf.step();
-            let (r0, r1) = ((j0 + j) * hd, (j0 + j + 1) * hd);
-            let mut a = [_mm256_setzero_ps(); 8];
-            let mut d = 0;
-            while d < hd8 {
-                let k0 = k.load8(r0 + d);
-                let k1 = k.load8(r1 + d);
-                for i in 0..T {
-                    let qv = _mm256_loadu_ps(qp.add(i * hd + d));
-                    a[2 * i] = _mm256_fmadd_ps(qv, k0, a[2 * i]);
-                    a[2 * i + 1] = _mm256_fmadd_ps(qv, k1, a[2 * i + 1]);
-                }
-                d += 8;
-            }
-            // Lane 2i + t holds query i's score against key j + t.
-            let mut sum = hsum8(&a);
-            if hd8 < hd {
-                let mut tail = [0f32; 8];
-                for i in 0..T {
-                    for t in 0..2 {
-                        let base = (j0 + j + t) * hd;
-                        tail[2 * i + t] = (hd8..hd).map(|e| q[i * hd + e] * k.get(base + e)).sum();
-                    }
-                }
-                sum = _mm256_add_ps(sum, _mm256_loadu_ps(tail.as_ptr()));
-            }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(sum, sv));
-            for i in 0..T {
-                out[i][j] = lanes[2 * i];
-                out[i][j + 1] = lanes[2 * i + 1];
-            }
-            j += 2;
-        }
-        if j < n {
-            pf.step();
-            let r0 = (j0 + j) * hd;
-            let mut a = [_mm256_setzero_ps(); 8];
-            let mut d = 0;
-            while d < hd8 {
-                let k0 = k.load8(r0 + d);
-                for (i, x) in a.iter_mut().enumerate().take(T) {
-                    *x = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i * hd + d)), k0, *x);
-                }
-                d += 8;
-            }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), hsum8(&a));
-            for i in 0..T {
-                let tail: f32 = (hd8..hd).map(|e| q[i * hd + e] * k.get(r0 + e)).sum();
-                out[i][j] = (lanes[i] + tail) * scale;
+        for i in 0..T {
+            for t in 0..K {
+                let tail: f32 = (hd8..hd).map(|e| q[i * hd + e] * k.get(r[t] + e)).sum();
+                out[i][j + t] = (lanes[K * i + t] + tail) * scale;
             }
         }
     }
