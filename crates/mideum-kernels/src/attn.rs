@@ -10,7 +10,8 @@
 //! cascade groups) widen each block to f32 into an L1-sized buffer once; from 32 queries on
 //! they take the wide path, which also transposes the block's keys so that tiles of six
 //! queries score sixteen keys at a time from broadcast query elements, with no horizontal
-//! sums. `scalar` is the reference twin of the AVX2 path (F16C for the conversion, FMA, a
+//! sums, and fold their six softmax states together (maxima and sums reduced across lanes
+//! at once). `scalar` is the reference twin of the AVX2 path (F16C for the conversion, FMA, a
 //! polynomial `exp`).
 //!
 //! A q8_0 block (llama.cpp's `-ctk q8_0` layout: groups of [`Q8_GROUP`] int8 values along each
@@ -417,7 +418,7 @@ impl Ahead {
 
 /// The inner operations, once per implementation. Every slice length is checked by the
 /// caller (`run`).
-trait Ops {
+trait Ops: Sized {
     /// Starts loading the small parts of a block read next (q8_0 scales; no effect on
     /// results).
     fn prefetch_scales(_rows: &KvRows<'_>) {}
@@ -452,6 +453,33 @@ trait Ops {
     }
     /// `x[i] = exp(x[i] - m)`, returning the sum.
     fn exp_sum(x: &mut [f32], m: f32) -> f32;
+    /// Folds a wide tile: query `i < qt` sees the first `cnt[i]` (1 to [`KW`]) of its scores
+    /// `p[i]`, which become `exp(p - m_new)` (the rest 0), with its running maximum `m[i]` and
+    /// denominator `l[i]` updated as [`fold`] does; returns each query's rescale factor.
+    fn fold_tile(
+        p: &mut WTile,
+        qt: usize,
+        cnt: &[usize; QW],
+        m: &mut [f32],
+        l: &mut [f32],
+    ) -> [f32; QW] {
+        let mut corr = [0f32; QW];
+        for (i, c) in corr.iter_mut().enumerate().take(qt) {
+            *c = fold::<Self>(&mut p[i][..cnt[i]], &mut m[i], &mut l[i]);
+            p[i][cnt[i]..].fill(0.0);
+        }
+        corr
+    }
+    /// Transposes the `pn ≤ KW` key rows of `k` (`hd` each) into `kt[d * KW + j]`, zero in the
+    /// columns `j ≥ pn`.
+    fn transpose(k: &[f32], pn: usize, hd: usize, kt: &mut [f32]) {
+        kt[..hd * KW].fill(0.0);
+        for (j, row) in k[..pn * hd].chunks_exact(hd).enumerate() {
+            for (d, &x) in row.iter().enumerate() {
+                kt[d * KW + j] = x;
+            }
+        }
+    }
     /// `acc_i = acc_i * corr[i] + Σ_j p[i][j] · v_row(j0 + j)` for query `i < qt ≤ QW`
     /// (`acc[i * hd..][..hd]`) and `j < n ≤ PW`, prefetching the bytes `ahead` on the way.
     #[allow(clippy::too_many_arguments)]
@@ -588,7 +616,9 @@ fn as_f32<'b, O: Ops>(
 /// `kt[d * KW + j]`; tiles of [`QW`] queries then score a whole piece with one broadcast query
 /// element against two key vectors per step, with no horizontal sums. The queries are copied
 /// once per call, contiguous and pre-multiplied by the scale. Rows that cannot see a piece
-/// yet (causality) are skipped; the others mask the keys past their own position.
+/// yet (causality) are skipped; the others mask the keys past their own position. Over 1,048
+/// cached positions and 22 new rows (`kvbench 1048 3 hot rows=22`), the register transpose
+/// and the tile fold took the best round from 310 to 275 ms.
 #[inline(always)]
 fn run_wide<'a, O: Ops>(
     s: &AttnShape,
@@ -631,12 +661,7 @@ fn run_wide<'a, O: Ops>(
         while p0 < jn {
             let pn = (jn - p0).min(KW);
             let kpos = j0 + p0;
-            kt.fill(0.0);
-            for (j, row) in k[p0 * hd..(p0 + pn) * hd].chunks_exact(hd).enumerate() {
-                for (d, &x) in row.iter().enumerate() {
-                    kt[d * KW + j] = x;
-                }
-            }
+            O::transpose(&k[p0 * hd..(p0 + pn) * hd], pn, hd, kt);
             // Rows before `first` see none of this piece; n_keys = pos0 + rows keeps it below
             // `rows`, and every row from it on sees at least the piece's first key.
             let first = kpos.saturating_sub(s.pos0) * s.group;
@@ -650,13 +675,11 @@ fn run_wide<'a, O: Ops>(
                     O::prefetch_part(ahead.v, tile, tiles);
                 }
                 O::scores_kt(&qbuf[qi0 * hd..(qi0 + qt) * hd], qt, kt, hd, &mut p);
-                let mut corr = [0f32; QW];
-                for (i, c) in corr.iter_mut().enumerate().take(qt) {
-                    let qi = qi0 + i;
-                    let cnt = (s.pos0 + qi / s.group + 1 - kpos).min(pn);
-                    *c = fold::<O>(&mut p[i][..cnt], &mut m[qi], &mut l[qi]);
-                    p[i][cnt..pn].fill(0.0);
+                let mut cnt = [0usize; QW];
+                for (i, c) in cnt.iter_mut().enumerate().take(qt) {
+                    *c = (s.pos0 + (qi0 + i) / s.group + 1 - kpos).min(pn);
                 }
+                let corr = O::fold_tile(&mut p, qt, &cnt, &mut m[qi0..], &mut l[qi0..]);
                 O::mix(
                     &mut acc[qi0 * hd..(qi0 + qt) * hd],
                     qt,
@@ -951,6 +974,32 @@ pub(crate) mod x86 {
         Avx2Ops::widen_q8(src, scales, hd, dst)
     }
 
+    /// The AVX2 `transpose` on its own (for the test against the scalar twin).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn transpose_avx2(k: &[f32], pn: usize, hd: usize, kt: &mut [f32]) {
+        Avx2Ops::transpose(k, pn, hd, kt)
+    }
+
+    /// The AVX2 `fold_tile` on its own (for the test against the scalar twin).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn fold_tile_avx2(
+        p: &mut WTile,
+        qt: usize,
+        cnt: &[usize; QW],
+        m: &mut [f32],
+        l: &mut [f32],
+    ) -> [f32; QW] {
+        Avx2Ops::fold_tile(p, qt, cnt, m, l)
+    }
+
     struct Avx2Ops;
 
     /// Horizontal sum of 8 lanes.
@@ -1188,6 +1237,110 @@ pub(crate) mod x86 {
             }
         }
 
+        /// All queries of the tile at once: their maxima and sums are reduced across lanes
+        /// together (one vector each), and the rescale factors come from one `exp8`.
+        #[inline(always)]
+        fn fold_tile(
+            p: &mut WTile,
+            qt: usize,
+            cnt: &[usize; QW],
+            m: &mut [f32],
+            l: &mut [f32],
+        ) -> [f32; QW] {
+            assert!(qt <= QW && m.len() >= qt && l.len() >= qt);
+            assert!(cnt[..qt].iter().all(|&c| (1..=KW).contains(&c)));
+            // SAFETY: AVX2/FMA are enabled by `run_avx2`, the only caller; every load and
+            // store is of a whole 8-lane half of a `p` row (KW = 16) or of a local array.
+            unsafe {
+                let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+                let idx_lo = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let idx_hi = _mm256_add_epi32(idx_lo, _mm256_set1_epi32(8));
+                let mut mx = [ninf; 8];
+                for i in 0..qt {
+                    let (lo, hi) = (p[i].as_mut_ptr(), p[i].as_mut_ptr().add(8));
+                    let (mut a, mut b) = (_mm256_loadu_ps(lo), _mm256_loadu_ps(hi));
+                    if cnt[i] < KW {
+                        // Keys past the query's position: −∞, so that exp gives 0.
+                        let c = _mm256_set1_epi32(cnt[i] as i32);
+                        let keep_a = _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, idx_lo));
+                        let keep_b = _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, idx_hi));
+                        a = _mm256_blendv_ps(ninf, a, keep_a);
+                        b = _mm256_blendv_ps(ninf, b, keep_b);
+                        _mm256_storeu_ps(lo, a);
+                        _mm256_storeu_ps(hi, b);
+                    }
+                    mx[i] = _mm256_max_ps(a, b);
+                }
+                let mut m_old = [f32::NEG_INFINITY; 8];
+                let mut l_old = [0f32; 8];
+                m_old[..qt].copy_from_slice(&m[..qt]);
+                l_old[..qt].copy_from_slice(&l[..qt]);
+                let mo = _mm256_loadu_ps(m_old.as_ptr());
+                let mn = _mm256_max_ps(mo, hmax8(&mx));
+                // exp(−∞) = 0 for a query's first keys, exp(0) = 1 exactly where the maximum
+                // stayed (as `fold`); lanes past `qt` are never read.
+                let c = exp8(_mm256_sub_ps(mo, mn));
+                let mut m_new = [0f32; 8];
+                _mm256_storeu_ps(m_new.as_mut_ptr(), mn);
+                let mut sums = [_mm256_setzero_ps(); 8];
+                for i in 0..qt {
+                    let (lo, hi) = (p[i].as_mut_ptr(), p[i].as_mut_ptr().add(8));
+                    let mb = _mm256_set1_ps(m_new[i]);
+                    let ea = exp8(_mm256_sub_ps(_mm256_loadu_ps(lo), mb));
+                    let eb = exp8(_mm256_sub_ps(_mm256_loadu_ps(hi), mb));
+                    _mm256_storeu_ps(lo, ea);
+                    _mm256_storeu_ps(hi, eb);
+                    sums[i] = _mm256_add_ps(ea, eb);
+                }
+                let ln = _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_loadu_ps(l_old.as_ptr()), c),
+                    hsum8(&sums),
+                );
+                let (mut l_new, mut cs) = ([0f32; 8], [0f32; 8]);
+                _mm256_storeu_ps(l_new.as_mut_ptr(), ln);
+                _mm256_storeu_ps(cs.as_mut_ptr(), c);
+                m[..qt].copy_from_slice(&m_new[..qt]);
+                l[..qt].copy_from_slice(&l_new[..qt]);
+                let mut corr = [0f32; QW];
+                corr.copy_from_slice(&cs[..QW]);
+                corr
+            }
+        }
+
+        /// Eight keys at a time: eight rows' chunk of eight elements are loaded and transposed
+        /// in registers (unpack, shuffle, lane permute) into eight `kt` rows.
+        #[inline(always)]
+        fn transpose(k: &[f32], pn: usize, hd: usize, kt: &mut [f32]) {
+            if !hd.is_multiple_of(8) || !pn.is_multiple_of(8) {
+                kt[..hd * KW].fill(0.0);
+                for (j, row) in k[..pn * hd].chunks_exact(hd).enumerate() {
+                    for (d, &x) in row.iter().enumerate() {
+                        kt[d * KW + j] = x;
+                    }
+                }
+                return;
+            }
+            assert!(pn <= KW && k.len() >= pn * hd && kt.len() >= hd * KW);
+            if pn < KW {
+                kt[..hd * KW].fill(0.0);
+            }
+            // SAFETY: AVX enabled by `run_avx2`; reads rows `g + t < pn` at columns
+            // `d + 8 ≤ hd`, writes `kt` rows `d + t < hd` at columns `g..g + 8 ≤ KW`, all
+            // inside the lengths asserted above.
+            unsafe {
+                let (kp, tp) = (k.as_ptr(), kt.as_mut_ptr());
+                for g in (0..pn).step_by(8) {
+                    for d in (0..hd).step_by(8) {
+                        let r: [__m256; 8] =
+                            std::array::from_fn(|t| _mm256_loadu_ps(kp.add((g + t) * hd + d)));
+                        for (t, o) in transpose8(&r).iter().enumerate() {
+                            _mm256_storeu_ps(tp.add((d + t) * KW + g), *o);
+                        }
+                    }
+                }
+            }
+        }
+
         #[inline(always)]
         fn mix<S: Rows, const PW: usize>(
             acc: &mut [f32],
@@ -1227,6 +1380,56 @@ pub(crate) mod x86 {
     unsafe fn hsum4(a: &[__m256; 4]) -> __m128 {
         let t = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
         _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t))
+    }
+
+    /// The largest element of each of 8 vectors: lane `i` of the result is the maximum of
+    /// `a[i]`.
+    #[inline(always)]
+    unsafe fn hmax8(a: &[__m256; 8]) -> __m256 {
+        // Pairwise maxima in `_mm256_hadd_ps`'s layout.
+        #[inline(always)]
+        unsafe fn hmax(x: __m256, y: __m256) -> __m256 {
+            _mm256_max_ps(
+                _mm256_shuffle_ps::<0b10_00_10_00>(x, y),
+                _mm256_shuffle_ps::<0b11_01_11_01>(x, y),
+            )
+        }
+        let t0 = hmax(hmax(a[0], a[1]), hmax(a[2], a[3]));
+        let t1 = hmax(hmax(a[4], a[5]), hmax(a[6], a[7]));
+        let lo = _mm256_permute2f128_ps::<0x20>(t0, t1);
+        let hi = _mm256_permute2f128_ps::<0x31>(t0, t1);
+        _mm256_max_ps(lo, hi)
+    }
+
+    /// The 8×8 transpose: lane `j` of result `t` is lane `t` of `r[j]`.
+    #[inline(always)]
+    unsafe fn transpose8(r: &[__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
     }
 
     /// Sums each of 8 vectors: lane `i` of the result is the sum of `a[i]`.
@@ -1635,6 +1838,69 @@ mod tests {
                 unsafe { x86::widen_q8_avx2(&q, &sc, hd, &mut got) };
                 for (a, b) in got.iter().zip(&want) {
                     prop_assert_eq!(a.to_bits(), b.to_bits());
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn avx2_transpose_is_identical_to_scalar(
+            hd in 1usize..140, pn in 1usize..=KW, seed in 0u32..10000,
+        ) {
+            let mut r = rnd(seed);
+            let k: Vec<f32> = (0..pn * hd).map(|_| r()).collect();
+            let mut want = vec![f32::NAN; hd * KW];
+            ScalarOps::transpose(&k, pn, hd, &mut want);
+            for j in 0..KW {
+                for d in 0..hd {
+                    let x = if j < pn { k[j * hd + d] } else { 0.0 };
+                    prop_assert_eq!(want[d * KW + j].to_bits(), x.to_bits());
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if AttnKernel::available().contains(&AttnKernel::Avx2) {
+                let mut got = vec![f32::NAN; hd * KW];
+                // SAFETY: `available` lists Avx2 only when AVX2, FMA and F16C are present.
+                unsafe { x86::transpose_avx2(&k, pn, hd, &mut got) };
+                for (a, b) in got.iter().zip(&want) {
+                    prop_assert_eq!(a.to_bits(), b.to_bits());
+                }
+            }
+        }
+
+        #[test]
+        fn avx2_tile_fold_matches_the_scalar_fold(
+            qt in 1usize..=QW, seed in 0u32..10000, first in proptest::bool::ANY,
+            cnts in proptest::array::uniform6(1usize..=KW), amp in 0.01f32..30.0,
+        ) {
+            let mut r = rnd(seed);
+            let mut p: WTile = [[0f32; KW]; QW];
+            p.iter_mut().flatten().for_each(|x| *x = r() * amp);
+            // A first piece (no state yet) or a running state whose maximum some queries beat.
+            let m0: Vec<f32> = (0..qt)
+                .map(|_| if first { f32::NEG_INFINITY } else { r() * amp })
+                .collect();
+            let l0: Vec<f32> = (0..qt).map(|_| if first { 0.0 } else { 1.0 + r().abs() * 5.0 }).collect();
+            let (mut pw, mut mw, mut lw) = (p, m0.clone(), l0.clone());
+            let cw = ScalarOps::fold_tile(&mut pw, qt, &cnts, &mut mw, &mut lw);
+            for i in 0..qt {
+                prop_assert!(pw[i][cnts[i]..].iter().all(|&x| x == 0.0));
+                prop_assert!(lw[i] >= 1.0 - 1e-6 && mw[i] >= m0[i]);
+            }
+            #[cfg(target_arch = "x86_64")]
+            if AttnKernel::available().contains(&AttnKernel::Avx2) {
+                let (mut pg, mut mg, mut lg) = (p, m0.clone(), l0.clone());
+                // SAFETY: `available` lists Avx2 only when AVX2, FMA and F16C are present.
+                let cg = unsafe { x86::fold_tile_avx2(&mut pg, qt, &cnts, &mut mg, &mut lg) };
+                let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * (1.0 + a.abs().max(b.abs()));
+                for i in 0..qt {
+                    prop_assert_eq!(mg[i].to_bits(), mw[i].to_bits());
+                    prop_assert!(close(cg[i], cw[i]), "corr {i}: {} vs {}", cg[i], cw[i]);
+                    prop_assert!(close(lg[i], lw[i]), "l {i}: {} vs {}", lg[i], lw[i]);
+                    for j in 0..KW {
+                        prop_assert!(close(pg[i][j], pw[i][j]), "p[{i}][{j}]: {} vs {}", pg[i][j], pw[i][j]);
+                    }
                 }
             }
         }
