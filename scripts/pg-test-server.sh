@@ -3,11 +3,25 @@
 # (e.g. `export MIDEUM_TEST_PG_URL=$(bash scripts/pg-test-server.sh)`).
 # Installs Debian's `postgresql` when no server binaries are found (needs root, as in CI).
 # The cluster lives in a temp dir, owned by the `postgres` user, on PORT (default 55432),
-# trusting local connections; `pg_ctl -D DIR stop` ends it (the dir is printed on stderr).
+# trusting local connections. The dir is printed on stderr, and written to the file named by
+# $PG_TEST_DIR_FILE when that is set; `bash scripts/pg-test-server.sh stop DIR` stops the
+# server and removes the dir.
 set -euo pipefail
-PORT="${1:-55432}"
+run_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
 bindir=""
 for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && bindir="$d"; done
+if [ "${1:-}" = stop ]; then
+  dir="${2:?usage: pg-test-server.sh stop DIR}"
+  case "$dir" in /tmp/mideum-pg.*) ;; *) echo "pg-test-server: not a test cluster: $dir" >&2; exit 1;; esac
+  if [ -n "$bindir" ] && [ -f "$dir/data/postmaster.pid" ]; then
+    run_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  fi
+  rm -rf "$dir"
+  exit 0
+fi
+PORT="${1:-55432}"
 if [ -z "$bindir" ]; then
   echo "pg-test-server: installing postgresql from Debian's packages" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -20,10 +34,8 @@ fi
 for _ in $(seq 1 50); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then PORT=$((PORT + 1)); else break; fi
 done
-run_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
 dir="$(mktemp -d /tmp/mideum-pg.XXXXXX)"
+[ -n "${PG_TEST_DIR_FILE:-}" ] && echo "$dir" > "$PG_TEST_DIR_FILE"
 [ "$(id -u)" = 0 ] && chown postgres: "$dir"
 run_pg "$bindir/initdb" -D "$dir/data" -U postgres -A trust --no-sync >/dev/null
 run_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
