@@ -473,12 +473,7 @@ trait Ops: Sized {
     /// Transposes the `pn ≤ KW` key rows of `k` (`hd` each) into `kt[d * KW + j]`, zero in the
     /// columns `j ≥ pn`.
     fn transpose(k: &[f32], pn: usize, hd: usize, kt: &mut [f32]) {
-        kt[..hd * KW].fill(0.0);
-        for (j, row) in k[..pn * hd].chunks_exact(hd).enumerate() {
-            for (d, &x) in row.iter().enumerate() {
-                kt[d * KW + j] = x;
-            }
-        }
+        transpose_scalar(k, pn, hd, kt)
     }
     /// `acc_i = acc_i * corr[i] + Σ_j p[i][j] · v_row(j0 + j)` for query `i < qt ≤ QW`
     /// (`acc[i * hd..][..hd]`) and `j < n ≤ PW`, prefetching the bytes `ahead` on the way.
@@ -695,6 +690,16 @@ fn run_wide<'a, O: Ops>(
                 tile += 1;
             }
             p0 += pn;
+        }
+    }
+}
+
+/// [`Ops::transpose`] element by element.
+fn transpose_scalar(k: &[f32], pn: usize, hd: usize, kt: &mut [f32]) {
+    kt[..hd * KW].fill(0.0);
+    for (j, row) in k[..pn * hd].chunks_exact(hd).enumerate() {
+        for (d, &x) in row.iter().enumerate() {
+            kt[d * KW + j] = x;
         }
     }
 }
@@ -1312,13 +1317,7 @@ pub(crate) mod x86 {
         #[inline(always)]
         fn transpose(k: &[f32], pn: usize, hd: usize, kt: &mut [f32]) {
             if !hd.is_multiple_of(8) || !pn.is_multiple_of(8) {
-                kt[..hd * KW].fill(0.0);
-                for (j, row) in k[..pn * hd].chunks_exact(hd).enumerate() {
-                    for (d, &x) in row.iter().enumerate() {
-                        kt[d * KW + j] = x;
-                    }
-                }
-                return;
+                return super::transpose_scalar(k, pn, hd, kt);
             }
             assert!(pn <= KW && k.len() >= pn * hd && kt.len() >= hd * KW);
             if pn < KW {
