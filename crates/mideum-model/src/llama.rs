@@ -107,6 +107,8 @@ struct Workspace {
     sin: Vec<f32>,
     inv_freq: Vec<f32>,
     tasks: Vec<AttnTask>,
+    /// The last layer's attention tasks: only the rows whose logits are wanted.
+    last_tasks: Vec<AttnTask>,
     /// Cascade groups, their members' batch rows, the items sorted by first block (scratch),
     /// and per (group, KV head) the members' gathered queries, shared-part outputs and
     /// log-denominators.
@@ -779,13 +781,56 @@ impl Llama {
             }
             row0 += n;
         }
+
+        // Rows whose logits are wanted (in batch order). Past its keys and values, the last
+        // layer only matters for these rows: it attends, projects and runs the MLP for them
+        // alone (a prompt chunk without logits skips all of that; a prompt needs one row).
+        ws.out_rows.clear();
+        let mut r0 = 0;
+        for it in items.iter() {
+            let n = it.tokens.len();
+            let first = ws.out_rows.len();
+            match it.logits {
+                Logits::None => {}
+                Logits::Last if n > 0 => ws.out_rows.push(r0 + n - 1),
+                Logits::Last => {}
+                Logits::All => ws.out_rows.extend(r0..r0 + n),
+            }
+            ws.spans.push((first, ws.out_rows.len() - first));
+            r0 += n;
+        }
+        let n_out = ws.out_rows.len();
+        let out_rows = &ws.out_rows[..];
+        ws.last_tasks.clear();
+        for tk in &ws.tasks {
+            let (a, b) = (tk.row0 as usize, (tk.row0 + tk.rows) as usize);
+            // The wanted rows in a..b (out_rows is increasing).
+            let lo = out_rows.partition_point(|&r| r < a);
+            let hi = out_rows.partition_point(|&r| r < b);
+            if hi - lo == b - a {
+                ws.last_tasks.push(*tk);
+            } else {
+                for &r in &out_rows[lo..hi] {
+                    ws.last_tasks.push(AttnTask {
+                        row0: r as u32,
+                        rows: 1,
+                        ..*tk
+                    });
+                }
+            }
+        }
+        let last_tasks = &ws.last_tasks[..];
         let tasks = &ws.tasks[..];
         let (cascades, casc_rows) = (&ws.cascades[..], &ws.casc_rows[..]);
         let casc_q = grown(&mut ws.casc_q, n_members * qd);
         let casc_out = grown(&mut ws.casc_out, n_members * qd);
         let casc_lse = grown(&mut ws.casc_lse, n_members * c.num_heads);
 
+        // Whether the last layer kept only the `out_rows` rows, moved to the front of `x`.
+        let mut pruned = false;
         for (li, l) in self.layers.iter().enumerate() {
+            let prune = li + 1 == self.layers.len() && n_out < t;
+            let tasks = if prune { last_tasks } else { tasks };
             matmul_multi_rmsnorm(
                 tp,
                 kern,
@@ -963,49 +1008,55 @@ impl Llama {
                     },
                 );
             });
-            matmul(tp, kern, attn, t, qd, l.wo.view(), h, o);
-            add_assign(x, o);
+            // Rows the rest of the layer runs for.
+            let tl = if prune {
+                // Forward moves (out_rows[j] >= j, increasing) keep every source intact.
+                for (j, &i) in out_rows.iter().enumerate() {
+                    if i != j {
+                        attn.copy_within(i * qd..(i + 1) * qd, j * qd);
+                        x.copy_within(i * h..(i + 1) * h, j * h);
+                    }
+                }
+                pruned = true;
+                n_out
+            } else {
+                t
+            };
+            if tl == 0 {
+                continue;
+            }
+            let (xl, ol) = (&mut x[..tl * h], &mut o[..tl * h]);
+            matmul(tp, kern, &attn[..tl * qd], tl, qd, l.wo.view(), h, ol);
+            add_assign(xl, ol);
 
+            let (gl, ul) = (&mut gate[..tl * ff], &mut up[..tl * ff]);
             matmul_multi_rmsnorm(
                 tp,
                 kern,
-                x,
+                xl,
                 &l.ffn_norm,
                 eps,
-                t,
+                tl,
                 h,
                 &mut [
-                    (l.w_gate.view(), ff, &mut *gate),
-                    (l.w_up.view(), ff, &mut *up),
+                    (l.w_gate.view(), ff, &mut *gl),
+                    (l.w_up.view(), ff, &mut *ul),
                 ],
             );
-            silu_mul_par(tp, gate, up, t, ff);
-            matmul(tp, kern, gate, t, ff, l.w_down.view(), h, o);
-            add_assign(x, o);
+            silu_mul_par(tp, gl, ul, tl, ff);
+            matmul(tp, kern, gl, tl, ff, l.w_down.view(), h, ol);
+            add_assign(xl, ol);
         }
         for it in items.iter_mut() {
             pool.commit(it.seq, it.tokens);
         }
 
-        // Rows whose logits are wanted, then one LM-head product for all of them.
-        ws.out_rows.clear();
-        let mut r0 = 0;
-        for it in items.iter() {
-            let n = it.tokens.len();
-            let first = ws.out_rows.len();
-            match it.logits {
-                Logits::None => {}
-                Logits::Last if n > 0 => ws.out_rows.push(r0 + n - 1),
-                Logits::Last => {}
-                Logits::All => ws.out_rows.extend(r0..r0 + n),
-            }
-            ws.spans.push((first, ws.out_rows.len() - first));
-            r0 += n;
-        }
-        let n_out = ws.out_rows.len();
+        // One LM-head product for the wanted rows (at the front of `x` if the last layer was
+        // pruned).
         let normed = grown(&mut ws.normed, n_out * h);
         let x = &ws.x[..t * h];
         for (ri, &i) in ws.out_rows.iter().enumerate() {
+            let i = if pruned { ri } else { i };
             rmsnorm(
                 &x[i * h..(i + 1) * h],
                 &self.final_norm,

@@ -390,6 +390,74 @@ fn batched_forward_equals_one_sequence_at_a_time() {
     }
 }
 
+/// Past its keys and values, the last layer runs only for the rows whose logits are wanted. A
+/// prompt's last-row logits, alone and in a batch beside a chunk without logits (whose keys and
+/// values must still be complete) and a prompt with every row's logits, equal a full pass's.
+#[test]
+fn logits_of_a_pruned_last_layer_equal_the_full_pass() {
+    let m = load("tiny-mini");
+    let g = golden("tiny-mini");
+    let seqs: Vec<Vec<u32>> = g["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ids(&s["ids"]))
+        .collect();
+    assert!(seqs.len() >= 3 && seqs.iter().all(|s| s.len() >= 3));
+    let vocab = m.model.config.vocab_size;
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{what}: logits differ by {worst}");
+    };
+    let full: Vec<Vec<f32>> = seqs
+        .iter()
+        .map(|s| {
+            let mut c = m.new_cache();
+            m.model.forward(s, &mut c, Logits::All).unwrap()
+        })
+        .collect();
+    let last_row = |i: usize| &full[i][(seqs[i].len() - 1) * vocab..];
+    for (i, s) in seqs.iter().enumerate() {
+        let mut c = m.new_cache();
+        let last = m.model.forward(s, &mut c, Logits::Last).unwrap();
+        close(&last, last_row(i), &format!("prompt {i} alone"));
+    }
+    let mut pool = m.model.new_pool(64);
+    let mut kv: Vec<mideum_model::SeqKv> = (0..3).map(|_| Default::default()).collect();
+    let n1 = seqs[1].len() - 1;
+    {
+        let mut items: Vec<mideum_model::BatchItem> = kv
+            .iter_mut()
+            .enumerate()
+            .map(|(i, seq)| mideum_model::BatchItem {
+                tokens: if i == 1 { &seqs[1][..n1] } else { &seqs[i][..] },
+                seq,
+                logits: [Logits::Last, Logits::None, Logits::All][i],
+            })
+            .collect();
+        let out = m.model.forward_batch(&mut pool, &mut items).unwrap();
+        close(&out[0], last_row(0), "last row in a batch");
+        assert!(out[1].is_empty(), "a chunk without logits returns none");
+        close(&out[2], &full[2], "every row in a batch");
+    }
+    let mut items = vec![mideum_model::BatchItem {
+        tokens: &seqs[1][n1..],
+        seq: &mut kv[1],
+        logits: Logits::Last,
+    }];
+    let out = m.model.forward_batch(&mut pool, &mut items).unwrap();
+    close(
+        &out[0],
+        last_row(1),
+        "the token after a chunk without logits",
+    );
+}
+
 #[test]
 fn chat_encoding_equals_plain_tokenization_and_resists_injection() {
     let g = golden("tokenizer");
