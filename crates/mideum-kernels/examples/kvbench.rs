@@ -29,7 +29,13 @@ fn main() {
         .find_map(|s| s.strip_prefix("threads=").and_then(|v| v.parse().ok()))
         .unwrap_or(1)
         .max(1);
-    let (layers, heads, hd, group, block) = (48usize, 8usize, 128usize, 4usize, 16usize);
+    let block: usize = rest
+        .iter()
+        .find_map(|s| s.strip_prefix("block=").and_then(|v| v.parse().ok()))
+        .unwrap_or(16)
+        .max(1);
+    let only: Option<&str> = rest.iter().find_map(|s| s.strip_prefix("type="));
+    let (layers, heads, hd, group) = (48usize, 8usize, 128usize, 4usize);
     let units = layers * heads;
     let n_blocks = (depth + rows).div_ceil(block);
     let bl = block * hd;
@@ -52,6 +58,14 @@ fn main() {
             &mut sc[r * gpr..(r + 1) * gpr],
         );
     }
+    // f32 rows (the same values) only when asked for: they double the f16 bytes.
+    let f32s: Vec<f32> = if only == Some("f32") {
+        h16.iter()
+            .map(|&b| half::f16::from_bits(b).to_f32())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let q: Vec<f32> = (0..rows * group * hd).map(|_| rnd()).collect();
     let shape = AttnShape {
         head_dim: hd,
@@ -77,7 +91,13 @@ fn main() {
     );
     let mut sink = 0f32;
     for round in 0..rounds {
-        for ty in ["f16", "q8_0"] {
+        for ty in ["f16", "q8_0", "f32"] {
+            if ty == "f32" && only != Some("f32") {
+                continue;
+            }
+            if only.is_some_and(|o| o != ty) {
+                continue;
+            }
             let t0 = Instant::now();
             // Thread `tid` takes units tid, tid + threads, ... (with `hot`, all of them read
             // unit `tid`'s rows, so that the threads do not share one head's cache lines).
@@ -88,6 +108,10 @@ fn main() {
                     let (ko, vo) = (u * 2 * per, u * 2 * per + per);
                     let (kso, vso) = (ko / hd * gpr, vo / hd * gpr);
                     let kv = |b: usize| match ty {
+                        "f32" => KvRows::F32 {
+                            k: &f32s[ko + b * bl..ko + (b + 1) * bl],
+                            v: &f32s[vo + b * bl..vo + (b + 1) * bl],
+                        },
                         "f16" => KvRows::F16 {
                             k: &h16[ko + b * bl..ko + (b + 1) * bl],
                             v: &h16[vo + b * bl..vo + (b + 1) * bl],
