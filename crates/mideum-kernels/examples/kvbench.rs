@@ -1,7 +1,9 @@
 //! Times decode attention over a Mi:dm Mini-shaped KV cache (48 layers, 8 KV heads of 128,
 //! 4 query heads per KV head) stored as f16 and as q8_0, interleaved:
 //! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS] [hot] [rows=N]
-//! [threads=T]`.
+//! [threads=T] [block=B] [type=f16|q8_0|f32]`.
+//! `block=B`: positions per KV block (the pool's is 16). `type=`: one element type only; `f32`
+//! (the same values widened, twice the f16 bytes) is timed only when asked for.
 //! `rows=N`: N query rows after the depth (a prefill chunk) instead of one decode row.
 //! `threads=T`: the (layer, head) calls dealt round-robin to T threads, as the model's pool
 //! deals a layer's KV heads.
