@@ -37,6 +37,10 @@ fn main() {
         .unwrap_or(16)
         .max(1);
     let only: Option<&str> = rest.iter().find_map(|s| s.strip_prefix("type="));
+    if let Some(t) = only.filter(|t| !["f16", "q8_0", "f32"].contains(t)) {
+        eprintln!("kvbench: unknown type={t} (f16, q8_0 or f32)");
+        std::process::exit(2);
+    }
     let (layers, heads, hd, group) = (48usize, 8usize, 128usize, 4usize);
     let units = layers * heads;
     let n_blocks = (depth + rows).div_ceil(block);
@@ -142,7 +146,11 @@ fn main() {
                 }
             });
             let dt = t0.elapsed().as_secs_f64();
-            let b = if ty == "f16" { bytes16 } else { bytes8 };
+            let b = match ty {
+                "f16" => bytes16,
+                "f32" => 2.0 * bytes16,
+                _ => bytes8,
+            };
             println!(
                 "round {round} {ty}: {:.1} ms per {rows}-row step, {:.1} GB/s of KV",
                 dt * 1e3,
