@@ -801,21 +801,25 @@ impl Llama {
         }
         let n_out = ws.out_rows.len();
         let out_rows = &ws.out_rows[..];
+        // Whether the last layer keeps only the `out_rows` rows (moved to the front of `x`).
+        let pruned = n_out < t && !self.layers.is_empty();
         ws.last_tasks.clear();
-        for tk in &ws.tasks {
-            let (a, b) = (tk.row0 as usize, (tk.row0 + tk.rows) as usize);
-            // The wanted rows in a..b (out_rows is increasing).
-            let lo = out_rows.partition_point(|&r| r < a);
-            let hi = out_rows.partition_point(|&r| r < b);
-            if hi - lo == b - a {
-                ws.last_tasks.push(*tk);
-            } else {
-                for &r in &out_rows[lo..hi] {
-                    ws.last_tasks.push(AttnTask {
-                        row0: r as u32,
-                        rows: 1,
-                        ..*tk
-                    });
+        if pruned {
+            for tk in ws.tasks.iter() {
+                let (a, b) = (tk.row0 as usize, (tk.row0 + tk.rows) as usize);
+                // The wanted rows in a..b (out_rows is increasing).
+                let lo = out_rows.partition_point(|&r| r < a);
+                let hi = out_rows.partition_point(|&r| r < b);
+                if hi - lo == b - a {
+                    ws.last_tasks.push(*tk);
+                } else {
+                    for &r in &out_rows[lo..hi] {
+                        ws.last_tasks.push(AttnTask {
+                            row0: r as u32,
+                            rows: 1,
+                            ..*tk
+                        });
+                    }
                 }
             }
         }
@@ -826,10 +830,8 @@ impl Llama {
         let casc_out = grown(&mut ws.casc_out, n_members * qd);
         let casc_lse = grown(&mut ws.casc_lse, n_members * c.num_heads);
 
-        // Whether the last layer kept only the `out_rows` rows, moved to the front of `x`.
-        let mut pruned = false;
         for (li, l) in self.layers.iter().enumerate() {
-            let prune = li + 1 == self.layers.len() && n_out < t;
+            let prune = pruned && li + 1 == self.layers.len();
             let tasks = if prune { last_tasks } else { tasks };
             matmul_multi_rmsnorm(
                 tp,
@@ -1017,7 +1019,6 @@ impl Llama {
                         x.copy_within(i * h..(i + 1) * h, j * h);
                     }
                 }
-                pruned = true;
                 n_out
             } else {
                 t

@@ -329,16 +329,29 @@ fn greedy_continuations_match(kv: KvType) {
     }
 }
 
-#[test]
-fn batched_forward_equals_one_sequence_at_a_time() {
-    let m = load("tiny-mini");
-    let g = golden("tiny-mini");
-    let seqs: Vec<Vec<u32>> = g["logprobs"]
+/// The token ids of the golden log-probability sequences.
+fn logprob_seqs(g: &Value) -> Vec<Vec<u32>> {
+    g["logprobs"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| ids(&s["ids"]))
-        .collect();
+        .collect()
+}
+
+/// The largest elementwise difference of two logit rows.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn batched_forward_equals_one_sequence_at_a_time() {
+    let m = load("tiny-mini");
+    let g = golden("tiny-mini");
+    let seqs = logprob_seqs(&g);
     let vocab = m.model.config.vocab_size;
     // Alone.
     let alone: Vec<Vec<f32>> = seqs
@@ -381,11 +394,7 @@ fn batched_forward_equals_one_sequence_at_a_time() {
     let together = m.model.forward_batch(&mut pool, &mut items).unwrap();
     for (a, b) in alone.iter().zip(&together) {
         assert_eq!(a.len(), vocab);
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let worst = max_abs_diff(a, b);
         assert!(worst < 1e-4, "batched logits differ by {worst}");
     }
 }
@@ -397,21 +406,12 @@ fn batched_forward_equals_one_sequence_at_a_time() {
 fn logits_of_a_pruned_last_layer_equal_the_full_pass() {
     let m = load("tiny-mini");
     let g = golden("tiny-mini");
-    let seqs: Vec<Vec<u32>> = g["logprobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| ids(&s["ids"]))
-        .collect();
+    let seqs = logprob_seqs(&g);
     assert!(seqs.len() >= 3 && seqs.iter().all(|s| s.len() >= 3));
     let vocab = m.model.config.vocab_size;
     let close = |a: &[f32], b: &[f32], what: &str| {
         assert_eq!(a.len(), b.len(), "{what}");
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let worst = max_abs_diff(a, b);
         assert!(worst < 1e-4, "{what}: logits differ by {worst}");
     };
     let full: Vec<Vec<f32>> = seqs
