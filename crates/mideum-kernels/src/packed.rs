@@ -23,11 +23,14 @@
 //!
 //! Layout of [`Packed::Q6Kx8`] (1680 bytes per group super-block, exactly eight GGUF blocks):
 //! bytes 0..16 the eight `d` (f16); 16..144 the i8 scales, byte `16 + 8·j + i` = scale of
-//! sub-block `j` (16 elements) in row `i`; then per sub-block `j` 96 bytes: two nibble vectors
-//! (row `i`'s bytes at `4i..4i + 4`: low and high nibbles = low four bits of element groups
-//! `4e`, `4e + 1` resp. `4e + 2`, `4e + 3` of the sub-block, four elements each) and one vector
-//! of the four groups' top two bits (bits `2e..2e + 2`). The `−32` offset is removed with the
-//! activations' per-16 sums.
+//! sub-block `j` (16 elements) in row `i`; then per sub-block `j` 96 bytes: three vectors `e`
+//! = 0, 1, 2 of 32 bytes (row `i`'s bytes at `4i..4i + 4`), one per group of four elements
+//! `4e..4e + 4` of the sub-block: bits 0..6 hold the element's six-bit value, bits 6..8 bits
+//! `2e..2e + 2` of the value of the element in the same place of group 3. One mask then yields
+//! a group of the first three, and three shifts and masks the fourth: 11 vector operations per
+//! sub-block, where GGUF's split into low nibbles and top bits takes 17 (`pbench`, one
+//! activation row: 15.2 GMAC/s per core against 13.5 on a Zen-1 EPYC). The `−32` offset is
+//! removed with the activations' per-16 sums.
 //!
 //! [`Packed::Q8_0x8`] and [`Packed::Q4_0x8`] interleave blocks of 32 the same way (see the
 //! variants).
@@ -271,9 +274,10 @@ fn pack_q6k_block(blocks: &[&[u8]; ROWS], o: &mut [u8]) {
             for e4 in 0..4 {
                 let g = |e: usize| q[16 * j + 4 * e + e4];
                 let at = 4 * i + e4;
-                v[at] = (g(0) & 0xF) | (g(1) & 0xF) << 4;
-                v[32 + at] = (g(2) & 0xF) | (g(3) & 0xF) << 4;
-                v[64 + at] = g(0) >> 4 | (g(1) >> 4) << 2 | (g(2) >> 4) << 4 | (g(3) >> 4) << 6;
+                for e in 0..3 {
+                    // Group e's six bits, and bits 2e..2e + 2 of group 3 on top.
+                    v[32 * e + at] = g(e) | ((g(3) >> (2 * e)) & 3) << 6;
+                }
             }
         }
     }
@@ -283,13 +287,11 @@ fn pack_q6k_block(blocks: &[&[u8]; ROWS], o: &mut [u8]) {
 fn q6k_packed_value(o: &[u8], i: usize, j: usize, e: usize, e4: usize) -> u8 {
     let v = &o[144 + 96 * j..144 + 96 * (j + 1)];
     let at = 4 * i + e4;
-    let nib = v[32 * (e / 2) + at];
-    let lo = if e.is_multiple_of(2) {
-        nib & 0xF
+    if e < 3 {
+        v[32 * e + at] & 0x3F
     } else {
-        nib >> 4
-    };
-    lo | ((v[64 + at] >> (2 * e)) & 3) << 4
+        (0..3).fold(0, |q, e| q | (v[32 * e + at] >> 6) << (2 * e))
+    }
 }
 
 /// Restores row `i`'s GGUF Q6_K block from a packed super-block.
@@ -718,8 +720,9 @@ mod x86 {
         pf: bool,
     ) -> [[f32; ROWS]; RA] {
         let nb = a[0].qs.len() / QK_K;
-        let m4 = _mm256_set1_epi8(0xF);
+        let m3f = _mm256_set1_epi8(0x3F);
         let m3 = _mm256_set1_epi8(3);
+        let mc = _mm256_set1_epi8(0xC);
         let m30 = _mm256_set1_epi8(0x30);
         let mut facc = [_mm256_setzero_ps(); RA];
         for b in 0..nb {
@@ -735,33 +738,28 @@ mod x86 {
                 let mut sumi = [_mm256_setzero_si256(); RA];
                 for j in 0..16 {
                     let v = blk.add(144 + 96 * j);
-                    let n0 = _mm256_loadu_si256(v as *const __m256i);
-                    let n1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
-                    let h = _mm256_loadu_si256(v.add(64) as *const __m256i);
-                    // Six-bit values of the sub-block's four groups of four elements, 8 rows each.
+                    let v0 = _mm256_loadu_si256(v as *const __m256i);
+                    let v1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
+                    let v2 = _mm256_loadu_si256(v.add(64) as *const __m256i);
+                    // Six-bit values of the sub-block's four groups of four elements, 8 rows each:
+                    // the low six bits of each vector, and group 3 from their top two bits (the
+                    // 16-bit shifts move bits across bytes; the masks keep only the wanted ones).
+                    let top = _mm256_or_si256(
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3),
+                            _mm256_and_si256(_mm256_srli_epi16(v1, 4), mc),
+                        ),
+                        _mm256_and_si256(_mm256_srli_epi16(v2, 2), m30),
+                    );
                     let q = [
-                        _mm256_or_si256(
-                            _mm256_and_si256(n0, m4),
-                            _mm256_slli_epi16(_mm256_and_si256(h, m3), 4),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(n0, 4), m4),
-                            _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(0xC)), 2),
-                        ),
-                        _mm256_or_si256(_mm256_and_si256(n1, m4), _mm256_and_si256(h, m30)),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(n1, 4), m4),
-                            _mm256_and_si256(_mm256_srli_epi16(h, 2), m30),
-                        ),
+                        _mm256_and_si256(v0, m3f),
+                        _mm256_and_si256(v1, m3f),
+                        _mm256_and_si256(v2, m3f),
+                        top,
                     ];
                     // Row i's i8 scale of sub-block j in both i16 halves of lane i.
-                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        blk.add(16 + 8 * j) as *const __m128i
-                    ));
-                    let sc = _mm256_or_si256(
-                        _mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
-                        _mm256_slli_epi32(sc, 16),
-                    );
+                    let sc8 = _mm_loadl_epi64(blk.add(16 + 8 * j) as *const __m128i);
+                    let sc = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sc8, sc8));
                     for r in 0..RA {
                         let aq = a[r].qs.as_ptr().add(b * QK_K + 16 * j);
                         let m: [__m256i; 4] = std::array::from_fn(|e| {
