@@ -399,7 +399,7 @@ const DEC_TASK_ROWS: usize = 16;
 /// registers.
 const PACKED_RA: usize = 6;
 
-/// Weight rows per task in the many-rows path: four 8-row groups (33 KiB of Q4_K at
+/// Weight rows per task in the many-rows path: four 8-row groups (32 KiB of Q4_K at
 /// k = 1792) pass under each step of activation rows.
 const PACKED_TASK_ROWS: usize = 32;
 

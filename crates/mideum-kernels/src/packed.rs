@@ -17,9 +17,11 @@
 //! |---|---|
 //! | 0..16 | `d` of rows 0..8 (f16) |
 //! | 16..32 | `dmin` of rows 0..8 (f16) |
-//! | 32..96 | scales: byte `8·j + i` = 6-bit scale of sub-block `j` in row `i` |
-//! | 96..160 | mins: byte `16·p + 2·i + h` = min of sub-block `2p + h` in row `i` |
-//! | 160..1184 | nibbles: for chunk `c` (64 elements) and group `e` (0..8), 32 bytes: for row `i`, the 4 bytes `qs[32c + 4e .. 32c + 4e + 4]` of that row's GGUF block (low nibbles: elements `64c + 4e ..`, high nibbles: `64c + 32 + 4e ..`) |
+//! | 32..64 | scales, low four bits: for chunk `c` (0..4), 16 values `x`, the scale of sub-block `2c + x / 8` in row `x % 8`; byte `16·(c / 2) + x` holds chunk `2q`'s in its low and chunk `2q + 1`'s in its high nibble |
+//! | 64..96 | mins, low four bits, the same way: chunk `c`'s value `x` is the min of sub-block `2c + x % 2` in row `x / 2` |
+//! | 96..112 | scales, top two bits: byte `x` holds chunk `c`'s at bits `2c..2c + 2` |
+//! | 112..128 | mins, top two bits, the same way |
+//! | 128..1152 | nibbles: for chunk `c` (64 elements) and group `e` (0..8), 32 bytes: for row `i`, the 4 bytes `qs[32c + 4e .. 32c + 4e + 4]` of that row's GGUF block (low nibbles: elements `64c + 4e ..`, high nibbles: `64c + 32 + 4e ..`) |
 //!
 //! Layout of [`Packed::Q6Kx8`] (1680 bytes per group super-block, exactly eight GGUF blocks):
 //! bytes 0..16 the eight `d` (f16); 16..144 the i8 scales, byte `16 + 8·j + i` = scale of
@@ -45,7 +47,7 @@ use half::f16;
 pub const ROWS: usize = 8;
 
 /// Bytes of one group super-block of [`Packed::Q4Kx8`].
-pub const Q4KX8_BYTES: usize = 1184;
+pub const Q4KX8_BYTES: usize = 1152;
 
 /// Bytes of one group super-block of [`Packed::Q6Kx8`] (eight GGUF blocks' worth).
 pub const Q6KX8_BYTES: usize = 1680;
@@ -169,12 +171,12 @@ pub fn pack(layout: Packed, src: &[u8], n: usize, k: usize, out: &mut [u8]) {
                 o[16 + 2 * i..16 + 2 * i + 2].copy_from_slice(&blk[2..4]);
                 for j in 0..8 {
                     let (sc, m) = scale_min_k4(j, &blk[4..16]);
-                    o[32 + 8 * j + i] = sc;
-                    o[96 + 16 * (j / 2) + 2 * i + j % 2] = m;
+                    put_q4k_six(o, false, j / 2, 8 * (j % 2) + i, sc);
+                    put_q4k_six(o, true, j / 2, 2 * i + j % 2, m);
                 }
                 for c in 0..4 {
                     for e in 0..8 {
-                        let at = 160 + (c * 8 + e) * 32 + 4 * i;
+                        let at = 128 + (c * 8 + e) * 32 + 4 * i;
                         o[at..at + 4]
                             .copy_from_slice(&blk[16 + 32 * c + 4 * e..16 + 32 * c + 4 * e + 4]);
                     }
@@ -216,12 +218,12 @@ pub fn unpack_row(layout: Packed, packed: &[u8], k: usize, r: usize, out: &mut [
         let blk = &mut out[b * 144..(b + 1) * 144];
         blk[0..2].copy_from_slice(&o[2 * i..2 * i + 2]);
         blk[2..4].copy_from_slice(&o[16 + 2 * i..16 + 2 * i + 2]);
-        let sc: [u8; 8] = std::array::from_fn(|j| o[32 + 8 * j + i]);
-        let m: [u8; 8] = std::array::from_fn(|j| o[96 + 16 * (j / 2) + 2 * i + j % 2]);
+        let sc: [u8; 8] = std::array::from_fn(|j| q4k_scale(o, j, i));
+        let m: [u8; 8] = std::array::from_fn(|j| q4k_min(o, j, i));
         pack_scale_min_k4(&sc, &m, &mut blk[4..16]);
         for c in 0..4 {
             for e in 0..8 {
-                let at = 160 + (c * 8 + e) * 32 + 4 * i;
+                let at = 128 + (c * 8 + e) * 32 + 4 * i;
                 blk[16 + 32 * c + 4 * e..16 + 32 * c + 4 * e + 4].copy_from_slice(&o[at..at + 4]);
             }
         }
@@ -243,6 +245,41 @@ pub fn dequantize_row(layout: Packed, packed: &[u8], k: usize, r: usize, out: &m
         unpack_row(layout, &grp[b * bb..(b + 1) * bb], be, i, blk);
         crate::quant::dequantize_row(qt, blk, &mut out[b * be..(b + 1) * be]);
     }
+}
+
+/// Offsets in a packed Q4_K super-block of the low nibbles and of the top two bits of the
+/// scales (`mins` false) or the mins.
+fn q4k_six_at(mins: bool) -> (usize, usize) {
+    if mins {
+        (64, 112)
+    } else {
+        (32, 96)
+    }
+}
+
+/// Stores six-bit value `x` of chunk `c` of a packed Q4_K super-block's scales or mins (see
+/// the module documentation).
+fn put_q4k_six(o: &mut [u8], mins: bool, c: usize, x: usize, v: u8) {
+    let (low, top) = q4k_six_at(mins);
+    let at = low + 16 * (c / 2) + x;
+    o[at] = o[at] & !(0xF << (4 * (c % 2))) | (v & 0xF) << (4 * (c % 2));
+    o[top + x] = o[top + x] & !(3 << (2 * c)) | (v >> 4 & 3) << (2 * c);
+}
+
+/// Six-bit value `x` of chunk `c` stored by [`put_q4k_six`].
+fn q4k_six(o: &[u8], mins: bool, c: usize, x: usize) -> u8 {
+    let (low, top) = q4k_six_at(mins);
+    (o[low + 16 * (c / 2) + x] >> (4 * (c % 2)) & 0xF) | (o[top + x] >> (2 * c) & 3) << 4
+}
+
+/// The scale of sub-block `j` in row `i` of a packed Q4_K super-block.
+fn q4k_scale(o: &[u8], j: usize, i: usize) -> u8 {
+    q4k_six(o, false, j / 2, 8 * (j % 2) + i)
+}
+
+/// The min of sub-block `j` in row `i` of a packed Q4_K super-block.
+fn q4k_min(o: &[u8], j: usize, i: usize) -> u8 {
+    q4k_six(o, true, j / 2, 2 * i + j % 2)
 }
 
 /// The 256 six-bit values of a GGUF Q6_K block in element order.
@@ -421,7 +458,7 @@ fn scalar_q4k<const RA: usize>(grp: &[u8], a: &[ActRow<'_>; RA]) -> [[f32; ROWS]
                         // Element 32j + l: chunk j/2, low nibble for even j, high for odd.
                         let c = j / 2;
                         let (e, e4) = (l / 4, l % 4);
-                        let byte = o[160 + (c * 8 + e) * 32 + 4 * i + e4];
+                        let byte = o[128 + (c * 8 + e) * 32 + 4 * i + e4];
                         let q = if j.is_multiple_of(2) {
                             byte & 0xF
                         } else {
@@ -429,12 +466,12 @@ fn scalar_q4k<const RA: usize>(grp: &[u8], a: &[ActRow<'_>; RA]) -> [[f32; ROWS]
                         };
                         s += q as i32 * qs[32 * j + l] as i32;
                     }
-                    sumi += o[32 + 8 * j + i] as i32 * s;
+                    sumi += q4k_scale(o, j, i) as i32 * s;
                 }
                 let mut mn = 0i32;
                 for j in 0..8 {
                     let bsum: i32 = ar.sums[b * 16 + 2 * j] + ar.sums[b * 16 + 2 * j + 1];
-                    mn += o[96 + 16 * (j / 2) + 2 * i + j % 2] as i32 * bsum;
+                    mn += q4k_min(o, j, i) as i32 * bsum;
                 }
                 let d = f16_at(o, 2 * i);
                 let dmin = f16_at(o, 16 + 2 * i);
@@ -554,7 +591,7 @@ mod x86 {
         let mut facc = [_mm256_setzero_ps(); RA];
         for b in 0..nb {
             // SAFETY (whole body): super-block b < nb of the group and of every activation row
-            // (the caller's contract); every offset stays inside one 1184-byte super-block.
+            // (the caller's contract); every offset stays inside one 1152-byte super-block.
             unsafe {
                 let blk = w.add(b * Q4KX8_BYTES);
                 if pf {
@@ -568,7 +605,7 @@ mod x86 {
                     let mut acc_hi = [_mm256_setzero_si256(); RA];
                     for e in 0..8 {
                         let v =
-                            _mm256_loadu_si256(blk.add(160 + (c * 8 + e) * 32) as *const __m256i);
+                            _mm256_loadu_si256(blk.add(128 + (c * 8 + e) * 32) as *const __m256i);
                         let lo = _mm256_and_si256(v, m4);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                         for r in 0..RA {
@@ -582,14 +619,9 @@ mod x86 {
                         }
                     }
                     // Sub-block scales of 2c and 2c + 1, each row's in both i16 halves of its lane.
-                    let s0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                        blk.add(32 + 16 * c) as *const __m128i
-                    ));
-                    let s1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                        blk.add(40 + 16 * c) as *const __m128i
-                    ));
-                    let s0 = _mm256_or_si256(s0, _mm256_slli_epi32(s0, 16));
-                    let s1 = _mm256_or_si256(s1, _mm256_slli_epi32(s1, 16));
+                    let sc = six_bits(blk.add(32), blk.add(96), c);
+                    let s0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sc, sc));
+                    let s1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sc, sc));
                     for r in 0..RA {
                         sumi[r] = _mm256_add_epi32(
                             sumi[r],
@@ -603,7 +635,7 @@ mod x86 {
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
                 let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
                 let mins: [__m256i; 4] = std::array::from_fn(|p| {
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(blk.add(96 + 16 * p) as *const __m128i))
+                    _mm256_cvtepu8_epi16(six_bits(blk.add(64), blk.add(112), p))
                 });
                 for r in 0..RA {
                     // Sums of sub-blocks 2p and 2p + 1 as an i16 pair (ActQ8::pairs).
@@ -701,6 +733,37 @@ mod x86 {
     }
 
     #[inline]
+    /// The 16 six-bit values of chunk `c` (0..4) of a packed Q4_K super-block's scales or
+    /// mins, from their 32 low-nibble bytes at `low` and 16 top-bit bytes at `top` (see the
+    /// module documentation).
+    ///
+    /// # Safety
+    /// AVX2 is available; `low` and `top` point at 32 and 16 readable bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn six_bits(low: *const u8, top: *const u8, c: usize) -> __m128i {
+        // SAFETY: 16-byte loads inside the two ranges (the caller's contract).
+        let (nib, top) = unsafe {
+            (
+                _mm_loadu_si128(low.add(16 * (c / 2)) as *const __m128i),
+                _mm_loadu_si128(top as *const __m128i),
+            )
+        };
+        let m4 = _mm_set1_epi8(0xF);
+        let lo = if c.is_multiple_of(2) {
+            _mm_and_si128(nib, m4)
+        } else {
+            _mm_and_si128(_mm_srli_epi16(nib, 4), m4)
+        };
+        // Bits 2c..2c + 2 to 4..6; the 16-bit shifts carry bits across bytes, the mask drops them.
+        let hi = match c {
+            0 => _mm_slli_epi16(top, 4),
+            1 => _mm_slli_epi16(top, 2),
+            2 => top,
+            _ => _mm_srli_epi16(top, 2),
+        };
+        _mm_or_si128(lo, _mm_and_si128(hi, _mm_set1_epi8(0x30)))
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     fn store<const RA: usize>(facc: [__m256; RA]) -> [[f32; ROWS]; RA] {
         let mut out = [[0f32; ROWS]; RA];

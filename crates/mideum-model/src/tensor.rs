@@ -471,8 +471,8 @@ pub fn release_free_heap() {
 /// misses while decode streams every weight once per token), repacking each matrix into the
 /// kernels' interleaved layout when `repack` is set and one exists for its type and shape
 /// ([`mideum_kernels::packed`]), on `threads` threads. File pages are released as they are
-/// copied, so resident memory stays about the file size (a packed Q4_K matrix is 2.8% larger
-/// than its rows).
+/// copied, so resident memory stays about the file size (every packed layout takes exactly the
+/// bytes of its rows).
 pub fn move_to_arena(
     tensors: &mut std::collections::HashMap<String, Tensor>,
     repack: bool,
