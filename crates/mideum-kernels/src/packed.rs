@@ -249,7 +249,7 @@ pub fn dequantize_row(layout: Packed, packed: &[u8], k: usize, r: usize, out: &m
 
 /// Offsets in a packed Q4_K super-block of the low nibbles and of the top two bits of the
 /// scales (`mins` false) or the mins.
-fn q4k_six_at(mins: bool) -> (usize, usize) {
+const fn q4k_six_at(mins: bool) -> (usize, usize) {
     if mins {
         (64, 112)
     } else {
@@ -586,6 +586,8 @@ mod x86 {
         a: &[ActRow<'_>; RA],
         pf: bool,
     ) -> [[f32; ROWS]; RA] {
+        const SCALES: (usize, usize) = q4k_six_at(false);
+        const MINS: (usize, usize) = q4k_six_at(true);
         let nb = a[0].qs.len() / QK_K;
         let m4 = _mm256_set1_epi8(0xF);
         let mut facc = [_mm256_setzero_ps(); RA];
@@ -619,7 +621,7 @@ mod x86 {
                         }
                     }
                     // Sub-block scales of 2c and 2c + 1, each row's in both i16 halves of its lane.
-                    let sc = six_bits(blk.add(32), blk.add(96), c);
+                    let sc = six_bits(blk.add(SCALES.0), blk.add(SCALES.1), c);
                     let s0 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sc, sc));
                     let s1 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sc, sc));
                     for r in 0..RA {
@@ -635,7 +637,7 @@ mod x86 {
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
                 let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
                 let mins: [__m256i; 4] = std::array::from_fn(|p| {
-                    _mm256_cvtepu8_epi16(six_bits(blk.add(64), blk.add(112), p))
+                    _mm256_cvtepu8_epi16(six_bits(blk.add(MINS.0), blk.add(MINS.1), p))
                 });
                 for r in 0..RA {
                     // Sums of sub-blocks 2p and 2p + 1 as an i16 pair (ActQ8::pairs).
@@ -732,13 +734,13 @@ mod x86 {
         store(facc)
     }
 
-    #[inline]
     /// The 16 six-bit values of chunk `c` (0..4) of a packed Q4_K super-block's scales or
     /// mins, from their 32 low-nibble bytes at `low` and 16 top-bit bytes at `top` (see the
     /// module documentation).
     ///
     /// # Safety
     /// AVX2 is available; `low` and `top` point at 32 and 16 readable bytes.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn six_bits(low: *const u8, top: *const u8, c: usize) -> __m128i {
         // SAFETY: 16-byte loads inside the two ranges (the caller's contract).
@@ -764,6 +766,7 @@ mod x86 {
         _mm_or_si128(lo, _mm_and_si128(hi, _mm_set1_epi8(0x30)))
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn store<const RA: usize>(facc: [__m256; RA]) -> [[f32; ROWS]; RA] {
         let mut out = [[0f32; ROWS]; RA];
