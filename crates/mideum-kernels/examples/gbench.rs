@@ -6,7 +6,7 @@
 //!     cargo run --release -p mideum-kernels --example gbench -- [THREADS] [T]
 //!
 //! `GBENCH_SHAPES=n:k,n:k` times other shapes (the model's: 6144:1792, 9216:1792, 1792:4096,
-//! 1792:4608).
+//! 1792:4608); `GBENCH_TYPE=q8_0|q6_k|q4_0` another packed weight type than Q4_K.
 use mideum_kernels::packed::{self, Packed};
 use mideum_kernels::quant::{quantize_row, QuantType};
 use mideum_kernels::{matmul, DotKernel, ThreadPool, WeightView};
@@ -25,19 +25,25 @@ fn main() {
     let pool = ThreadPool::new(threads);
     let kern = DotKernel::detect();
     let mut rnd = rng::uniform(12345);
+    let qt = match std::env::var("GBENCH_TYPE").as_deref() {
+        Ok("q8_0") => QuantType::Q8_0,
+        Ok("q6_k") => QuantType::Q6K,
+        Ok("q4_0") => QuantType::Q4_0,
+        _ => QuantType::Q4K,
+    };
     for (n, k) in shapes() {
-        let rb = QuantType::Q4K.row_bytes(k);
+        let Some(lay) = Packed::for_weights(qt, n, k) else {
+            eprintln!("{qt:?} has no packed layout for n={n} k={k}");
+            continue;
+        };
+        let rb = qt.row_bytes(k);
         let mut w = vec![0u8; n * rb];
         let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
         for j in 0..n {
-            quantize_row(
-                QuantType::Q4K,
-                &wf[j * k..(j + 1) * k],
-                &mut w[j * rb..(j + 1) * rb],
-            );
+            quantize_row(qt, &wf[j * k..(j + 1) * k], &mut w[j * rb..(j + 1) * rb]);
         }
-        let mut p = vec![0u8; Packed::Q4Kx8.bytes(n, k)];
-        packed::pack(Packed::Q4Kx8, &w, n, k, &mut p);
+        let mut p = vec![0u8; lay.bytes(n, k)];
+        packed::pack(lay, &w, n, k, &mut p);
         let x: Vec<f32> = (0..t * k).map(|_| rnd()).collect();
         let mut out = vec![0f32; t * n];
         let mut best = f64::MAX;
@@ -49,14 +55,14 @@ fn main() {
                 &x,
                 t,
                 k,
-                WeightView::Packed(Packed::Q4Kx8, &p),
+                WeightView::Packed(lay, &p),
                 n,
                 &mut out,
             );
             best = best.min(t0.elapsed().as_secs_f64());
         }
         println!(
-            "n={n} k={k} t={t}: {:.1} GMAC/s ({:.2} ms)",
+            "{qt:?} n={n} k={k} t={t}: {:.1} GMAC/s ({:.2} ms)",
             (n * k * t) as f64 / best / 1e9,
             best * 1e3
         );
