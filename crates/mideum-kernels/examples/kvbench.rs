@@ -2,7 +2,9 @@
 //! 4 query heads per KV head) stored as f16 and as q8_0, interleaved:
 //! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS] [hot] [rows=N]
 //! [threads=T] [block=B] [type=f16|q8_0|f32]`.
-//! `block=B`: positions per KV block (the pool's is 16). `type=`: one element type only; `f32`
+//! `block=B`: positions per KV block (the pool's is 16). `layout=pool`: f16 blocks stored as
+//! mideum-model's pool stores them, every (layer, K/V, head) run of one block side by side in
+//! one allocation, instead of each head's blocks back to back. `type=`: one element type only; `f32`
 //! (the same values widened, twice the f16 bytes) is timed only when asked for.
 //! `rows=N`: N query rows after the depth (a prefill chunk) instead of one decode row.
 //! `threads=T`: the (layer, head) calls dealt round-robin to T threads, as the model's pool
@@ -37,6 +39,7 @@ fn main() {
         .unwrap_or(16)
         .max(1);
     let only: Option<&str> = rest.iter().find_map(|s| s.strip_prefix("type="));
+    let pool = rest.iter().any(|s| s == "layout=pool");
     if let Some(t) = only.filter(|t| !["f16", "q8_0", "f32"].contains(t)) {
         eprintln!("kvbench: unknown type={t} (f16, q8_0 or f32)");
         std::process::exit(2);
@@ -68,6 +71,21 @@ fn main() {
     let f32s: Vec<f32> = if only == Some("f32") {
         h16.iter()
             .map(|&b| half::f16::from_bits(b).to_f32())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // layout=pool: one allocation per block holding every (layer, K/V, head) run, as
+    // mideum-model's KvPool stores them (f16 only).
+    let pooled: Vec<Vec<u16>> = if pool {
+        (0..n_blocks)
+            .map(|b| {
+                let mut blk = vec![0u16; units * 2 * bl];
+                for u in 0..units * 2 {
+                    blk[u * bl..(u + 1) * bl].copy_from_slice(&h16[u * per + b * bl..][..bl]);
+                }
+                blk
+            })
             .collect()
     } else {
         Vec::new()
@@ -117,6 +135,10 @@ fn main() {
                         "f32" => KvRows::F32 {
                             k: &f32s[ko + b * bl..ko + (b + 1) * bl],
                             v: &f32s[vo + b * bl..vo + (b + 1) * bl],
+                        },
+                        "f16" if pool => KvRows::F16 {
+                            k: &pooled[b][u * 2 * bl..][..bl],
+                            v: &pooled[b][(u * 2 + 1) * bl..][..bl],
                         },
                         "f16" => KvRows::F16 {
                             k: &h16[ko + b * bl..ko + (b + 1) * bl],
