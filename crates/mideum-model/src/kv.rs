@@ -157,10 +157,10 @@ impl Elem for f32 {}
 impl Elem for u16 {}
 impl Elem for i8 {}
 
-/// Target size of one storage chunk (rounded down to whole blocks, at least one block).
+/// Target size of one storage chunk (rounded down to a power of two of blocks, at least one).
 const CHUNK_BYTES: usize = 32 << 20;
 
-/// Blocks of `block_len` elements, reserved a chunk of `per_chunk` blocks at a time in
+/// Blocks of `block_len` elements, reserved a chunk of `1 << shift` blocks at a time in
 /// anonymous memory. The kernel commits the pages of a chunk as blocks are first written, so
 /// the memory in use follows the blocks in use (to within a page at the ends of a chunk).
 ///
@@ -173,7 +173,9 @@ const CHUNK_BYTES: usize = 32 << 20;
 struct Blocks<T: Elem> {
     chunks: Vec<memmap2::MmapMut>,
     block_len: usize,
-    per_chunk: usize,
+    /// Blocks per chunk: `1 << shift`, so that finding a block (twice per block and head in
+    /// every attention call) takes a shift and a mask, not two divisions.
+    shift: u32,
     len: usize,
     _elem: std::marker::PhantomData<T>,
 }
@@ -182,13 +184,30 @@ impl<T: Elem> Blocks<T> {
     /// Storage for blocks of `block_len` elements, at most `max_blocks` of them.
     fn new(block_len: usize, max_blocks: usize) -> Blocks<T> {
         let block_bytes = (block_len * std::mem::size_of::<T>()).max(1);
+        // The largest power of two of blocks within CHUNK_BYTES, and no more than the pool
+        // can use (rounded up to a power of two: unused address space is never committed).
+        let fit = (CHUNK_BYTES / block_bytes).max(1).ilog2();
+        let need = max_blocks.max(1).next_power_of_two().ilog2();
         Blocks {
             chunks: Vec::new(),
             block_len,
-            per_chunk: (CHUNK_BYTES / block_bytes).clamp(1, max_blocks.max(1)),
+            shift: fit.min(need),
             len: 0,
             _elem: std::marker::PhantomData,
         }
+    }
+
+    fn per_chunk(&self) -> usize {
+        1 << self.shift
+    }
+
+    /// Chunk and element offset of block `b`.
+    #[inline]
+    fn place(&self, b: usize) -> (usize, usize) {
+        (
+            b >> self.shift,
+            (b & (self.per_chunk() - 1)) * self.block_len,
+        )
     }
 
     fn len(&self) -> usize {
@@ -197,8 +216,8 @@ impl<T: Elem> Blocks<T> {
 
     /// Adds a zeroed block (mapping a new chunk when the last one is full).
     fn push(&mut self) -> Result<()> {
-        if self.len == self.chunks.len() * self.per_chunk {
-            let bytes = (self.per_chunk * self.block_len * std::mem::size_of::<T>()).max(1);
+        if self.len == self.chunks.len() * self.per_chunk() {
+            let bytes = (self.per_chunk() * self.block_len * std::mem::size_of::<T>()).max(1);
             let map = memmap2::MmapOptions::new()
                 .len(bytes)
                 .map_anon()
@@ -219,7 +238,7 @@ impl<T: Elem> Blocks<T> {
     fn chunk(&self, c: usize) -> &[T] {
         let m = &self.chunks[c];
         // SAFETY: an anonymous map is page-aligned (so aligned for `T`) and zero-filled, is
-        // `per_chunk · block_len · size_of::<T>()` bytes long (or 1 byte when that is 0, giving
+        // `per_chunk() · block_len · size_of::<T>()` bytes long (or 1 byte when that is 0, giving
         // an empty slice), and every bit pattern is a valid `T` (`Elem`); the slice borrows the
         // map, which lives as long as `self`.
         unsafe {
@@ -240,8 +259,8 @@ impl<T: Elem> Blocks<T> {
         if from == to {
             return;
         }
-        let (bl, pc) = (self.block_len, self.per_chunk);
-        let ((cf, of), (ct, ot)) = ((from / pc, from % pc * bl), (to / pc, to % pc * bl));
+        let bl = self.block_len;
+        let ((cf, of), (ct, ot)) = (self.place(from), self.place(to));
         if cf == ct {
             Self::chunk_mut(&mut self.chunks[cf]).copy_within(of..of + bl, ot);
             return;
@@ -264,16 +283,16 @@ impl<T: Elem> std::ops::Index<usize> for Blocks<T> {
 
     fn index(&self, b: usize) -> &[T] {
         assert!(b < self.len, "block out of range");
-        let at = b % self.per_chunk * self.block_len;
-        &self.chunk(b / self.per_chunk)[at..at + self.block_len]
+        let (c, at) = self.place(b);
+        &self.chunk(c)[at..at + self.block_len]
     }
 }
 
 impl<T: Elem> std::ops::IndexMut<usize> for Blocks<T> {
     fn index_mut(&mut self, b: usize) -> &mut [T] {
         assert!(b < self.len, "block out of range");
-        let (at, bl) = (b % self.per_chunk * self.block_len, self.block_len);
-        &mut Self::chunk_mut(&mut self.chunks[b / self.per_chunk])[at..at + bl]
+        let ((c, at), bl) = (self.place(b), self.block_len);
+        &mut Self::chunk_mut(&mut self.chunks[c])[at..at + bl]
     }
 }
 
@@ -827,7 +846,7 @@ mod tests {
     #[test]
     fn block_storage_spans_chunks_and_copies_across_them() {
         let mut st = Blocks::<u16>::new(5, 10);
-        st.per_chunk = 2;
+        st.shift = 1;
         for _ in 0..5 {
             st.push().unwrap();
         }
