@@ -162,7 +162,8 @@ const CHUNK_BYTES: usize = 32 << 20;
 
 /// Blocks of `block_len` elements, reserved a chunk of `1 << shift` blocks at a time in
 /// anonymous memory. The kernel commits the pages of a chunk as blocks are first written, so
-/// the memory in use follows the blocks in use (to within a page at the ends of a chunk).
+/// the memory in use follows the blocks in use (to within a huge page at the end of the last
+/// block written).
 ///
 /// The chunks are advised for transparent huge pages. Decode reads one `BLOCK_TOKENS ×
 /// head_dim` run of every block per (layer, K or V, KV head), 4 KiB each for Mi:dm Mini's f16
@@ -214,22 +215,29 @@ impl<T: Elem> Blocks<T> {
         self.len
     }
 
-    /// Adds a zeroed block (mapping a new chunk when the last one is full).
-    fn push(&mut self) -> Result<()> {
-        if self.len == self.chunks.len() * self.per_chunk() {
-            let bytes = (self.per_chunk() * self.block_len * std::mem::size_of::<T>()).max(1);
-            let map = memmap2::MmapOptions::new()
-                .len(bytes)
-                .map_anon()
-                .map_err(|error| ModelError::Io {
-                    path: "anonymous memory (KV cache)".into(),
-                    error,
-                })?;
-            // Only advice: without huge pages the cache works the same, with more page walks.
-            #[cfg(unix)]
-            let _ = map.advise(memmap2::Advice::HugePage);
-            self.chunks.push(map);
+    /// Maps the chunk the next block needs, if it is not mapped yet.
+    fn reserve(&mut self) -> Result<()> {
+        if self.len < self.chunks.len() * self.per_chunk() {
+            return Ok(());
         }
+        let bytes = (self.per_chunk() * self.block_len * std::mem::size_of::<T>()).max(1);
+        let map = memmap2::MmapOptions::new()
+            .len(bytes)
+            .map_anon()
+            .map_err(|error| ModelError::Io {
+                path: "anonymous memory (KV cache)".into(),
+                error,
+            })?;
+        // Only advice: without huge pages the cache works the same, with more page walks.
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        self.chunks.push(map);
+        Ok(())
+    }
+
+    /// Adds a zeroed block; after a successful [`Blocks::reserve`] it cannot fail.
+    fn push(&mut self) -> Result<()> {
+        self.reserve()?;
         self.len += 1;
         Ok(())
     }
@@ -328,7 +336,10 @@ impl Storage {
         match self {
             Storage::F32(v) => v.push(),
             Storage::F16(v) => v.push(),
+            // Both maps first, so that a failure leaves the two lengths equal.
             Storage::Q8(v, s) => {
+                v.reserve()?;
+                s.reserve()?;
                 v.push()?;
                 s.push()
             }
