@@ -1,11 +1,12 @@
 //! Times decode attention over a Mi:dm Mini-shaped KV cache (48 layers, 8 KV heads of 128,
 //! 4 query heads per KV head) stored as f16 and as q8_0, interleaved:
 //! `cargo run --release -p mideum-kernels --example kvbench -- [DEPTH] [ROUNDS] [hot] [rows=N]
-//! [threads=T] [block=B] [type=f16|q8_0|f32]`.
-//! `block=B`: positions per KV block (the pool's is 16). `layout=pool`: f16 blocks stored as
-//! mideum-model's pool stores them, every (layer, K/V, head) run of one block side by side in
-//! one allocation, instead of each head's blocks back to back. `type=`: one element type only; `f32`
-//! (the same values widened, twice the f16 bytes) is timed only when asked for.
+//! [threads=T] [block=B] [type=f16|q8_0|f32] [layout=pool]`.
+//! `block=B`: positions per KV block (the pool's is 16). `layout=pool`: f16 blocks laid out as
+//! mideum-model's pool lays out a block, every (layer, K/V, head) run of it side by side, one
+//! allocation per block (as the pool allocated them before its chunked storage), instead of
+//! each head's blocks back to back. `type=`: one element type only; `f32` (the same values
+//! widened, twice the f16 bytes) is timed only when asked for.
 //! `rows=N`: N query rows after the depth (a prefill chunk) instead of one decode row.
 //! `threads=T`: the (layer, head) calls dealt round-robin to T threads, as the model's pool
 //! deals a layer's KV heads.
@@ -76,7 +77,7 @@ fn main() {
         Vec::new()
     };
     // layout=pool: one allocation per block holding every (layer, K/V, head) run, as
-    // mideum-model's KvPool stores them (f16 only).
+    // mideum-model's KvPool lays a block out (f16 only).
     let pooled: Vec<Vec<u16>> = if pool {
         (0..n_blocks)
             .map(|b| {
