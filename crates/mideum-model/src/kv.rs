@@ -331,6 +331,15 @@ impl Storage {
         }
     }
 
+    /// Elements of one block and q8 scales of one block (0 without scales).
+    fn block_lens(&self) -> (usize, usize) {
+        match self {
+            Storage::F32(v) => (v.block_len, 0),
+            Storage::F16(v) => (v.block_len, 0),
+            Storage::Q8(v, s) => (v.block_len, s.block_len),
+        }
+    }
+
     /// Adds a zeroed block.
     fn push_block(&mut self) -> Result<()> {
         match self {
@@ -439,8 +448,9 @@ impl KvPool {
         self.n_kv_heads * self.head_dim
     }
 
+    /// Values per block (keys and values of every layer).
     fn block_elems(&self) -> usize {
-        self.layers * 2 * BLOCK_TOKENS * self.n_kv_heads * self.head_dim
+        self.storage.block_lens().0
     }
 
     /// q8 scales per head row.
@@ -448,9 +458,9 @@ impl KvPool {
         self.head_dim.div_ceil(Q8_GROUP)
     }
 
-    /// q8 scales per block.
+    /// q8 scales per block (0 for the other types).
     fn block_scales(&self) -> usize {
-        self.layers * 2 * BLOCK_TOKENS * self.n_kv_heads * self.row_groups()
+        self.storage.block_lens().1
     }
 
     pub fn max_blocks(&self) -> usize {
