@@ -489,15 +489,26 @@ pub enum PackedKernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// `vpdpbusd` on 256-bit vectors (AVX-512 VNNI with VL): one instruction per four bytes
+    /// of eight rows where AVX2 needs `vpmaddubsw` and an add (Zen 4 runs two per cycle).
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 impl PackedKernel {
-    /// The fastest kernel this CPU supports (`MIDEUM_KERNEL=scalar` forces the reference).
+    /// The fastest kernel this CPU supports. `MIDEUM_KERNEL=scalar` forces the reference and
+    /// `MIDEUM_KERNEL=avx2` the AVX2 kernels on a CPU that has more (to compare the two).
     pub fn detect() -> PackedKernel {
-        PackedKernel::available()
-            .last()
-            .copied()
-            .filter(|_| std::env::var("MIDEUM_KERNEL").map_or(true, |v| v != "scalar"))
+        let avail = PackedKernel::available();
+        let want = std::env::var("MIDEUM_KERNEL").unwrap_or_default();
+        let pick = match want.as_str() {
+            "scalar" => Some(PackedKernel::Scalar),
+            #[cfg(target_arch = "x86_64")]
+            "avx2" => Some(PackedKernel::Avx2),
+            _ => None,
+        };
+        pick.filter(|k| avail.contains(k))
+            .or_else(|| avail.last().copied())
             .unwrap_or(PackedKernel::Scalar)
     }
 
@@ -509,6 +520,9 @@ impl PackedKernel {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
                 v.push(PackedKernel::Avx2);
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+                    v.push(PackedKernel::Avx512Vnni);
+                }
             }
         }
         v
@@ -562,6 +576,17 @@ impl PackedKernel {
                     Packed::Q4_0x8 => x86::b32x8::<true, RA>(grp.as_ptr(), a, prefetch),
                 }
             },
+            // SAFETY: only returned on CPUs with AVX2, FMA, F16C, AVX-512 F/BW/VL and VNNI;
+            // shapes checked above.
+            #[cfg(target_arch = "x86_64")]
+            PackedKernel::Avx512Vnni => unsafe {
+                match layout {
+                    Packed::Q4Kx8 => vnni::q4kx8::<RA>(grp.as_ptr(), a, prefetch),
+                    Packed::Q6Kx8 => vnni::q6kx8::<RA>(grp.as_ptr(), a, prefetch),
+                    Packed::Q8_0x8 => vnni::b32x8::<false, RA>(grp.as_ptr(), a, prefetch),
+                    Packed::Q4_0x8 => vnni::b32x8::<true, RA>(grp.as_ptr(), a, prefetch),
+                }
+            },
         }
     }
 }
@@ -575,7 +600,7 @@ mod x86 {
     /// 4 KiB: 1-thread Q8_0 decode (`bench -p 0 -n 64 -t 1 -r 3`, six interleaved rounds) ran
     /// 6.38–6.85 t/s against 5.86–6.26, faster in every round; Q4_K_M and 2-thread decode did
     /// not move beyond the noise (Q4_K_M 2 threads: 16.13, 14.81 against 15.66, 14.74).
-    const PF: usize = 2048;
+    pub(super) const PF: usize = 2048;
 
     /// # Safety
     /// AVX2, FMA and F16C are available; `w` points at a full group of `k / 256` super-blocks;
@@ -742,7 +767,7 @@ mod x86 {
     /// AVX2 is available; `low` and `top` point at 32 and 16 readable bytes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn six_bits(low: *const u8, top: *const u8, c: usize) -> __m128i {
+    pub(super) unsafe fn six_bits(low: *const u8, top: *const u8, c: usize) -> __m128i {
         // SAFETY: 16-byte loads inside the two ranges (the caller's contract).
         let (nib, top) = unsafe {
             (
@@ -768,7 +793,7 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn store<const RA: usize>(facc: [__m256; RA]) -> [[f32; ROWS]; RA] {
+    pub(super) fn store<const RA: usize>(facc: [__m256; RA]) -> [[f32; ROWS]; RA] {
         let mut out = [[0f32; ROWS]; RA];
         for r in 0..RA {
             // SAFETY: `out[r]` holds 8 f32.
@@ -858,6 +883,245 @@ mod x86 {
                 // Each 16-byte load holds sub-blocks 2p (low 8 bytes) and 2p + 1 (high 8).
                 let pairs: [__m256i; 8] = std::array::from_fn(|p| {
                     let x = [scb, scb2, scb3, scb4, scb5, scb6, scb7, scb8][p];
+                    _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, _mm_srli_si128(x, 8)))
+                });
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                for r in 0..RA {
+                    let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK);
+                    let mut corr = _mm256_setzero_si256();
+                    for (p, sp) in pairs.iter().enumerate() {
+                        corr = _mm256_add_epi32(
+                            corr,
+                            _mm256_madd_epi16(*sp, _mm256_set1_epi32(*pr.add(p))),
+                        );
+                    }
+                    let tot = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(corr, 5));
+                    let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                    facc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, da), facc[r]);
+                }
+            }
+        }
+        store(facc)
+    }
+}
+
+/// The same kernels with `vpdpbusd`: the integer sums are the AVX2 kernels' exactly (sums of
+/// four products accumulated in i32 instead of pairs in i16), so results are bit for bit the
+/// scalar twin's. Sub-block scales are applied with `vpmulld` on the i32 sums.
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::x86::{six_bits, store, PF};
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// As [`super::x86::q4kx8`], and AVX-512 F, BW, VL and VNNI are available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q4kx8<const RA: usize>(
+        w: *const u8,
+        a: &[ActRow<'_>; RA],
+        pf: bool,
+    ) -> [[f32; ROWS]; RA] {
+        const SCALES: (usize, usize) = q4k_six_at(false);
+        const MINS: (usize, usize) = q4k_six_at(true);
+        let nb = a[0].qs.len() / QK_K;
+        let m4 = _mm256_set1_epi8(0xF);
+        let mut facc = [_mm256_setzero_ps(); RA];
+        for b in 0..nb {
+            // SAFETY (whole body): super-block b < nb of the group and of every activation row
+            // (the caller's contract); every offset stays inside one 1152-byte super-block.
+            unsafe {
+                let blk = w.add(b * Q4KX8_BYTES);
+                if pf {
+                    for off in (0..Q4KX8_BYTES).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
+                    }
+                }
+                let mut sumi = [_mm256_setzero_si256(); RA];
+                for c in 0..4 {
+                    let mut acc_lo = [_mm256_setzero_si256(); RA];
+                    let mut acc_hi = [_mm256_setzero_si256(); RA];
+                    for e in 0..8 {
+                        let v =
+                            _mm256_loadu_si256(blk.add(128 + (c * 8 + e) * 32) as *const __m256i);
+                        let lo = _mm256_and_si256(v, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        for r in 0..RA {
+                            let aq = a[r].qs.as_ptr().add(b * QK_K + 64 * c + 4 * e);
+                            let alo = _mm256_set1_epi32((aq as *const i32).read_unaligned());
+                            let ahi =
+                                _mm256_set1_epi32((aq.add(32) as *const i32).read_unaligned());
+                            acc_lo[r] = _mm256_dpbusd_epi32(acc_lo[r], lo, alo);
+                            acc_hi[r] = _mm256_dpbusd_epi32(acc_hi[r], hi, ahi);
+                        }
+                    }
+                    // Bytes 0..8: the scales of sub-block 2c in rows 0..8; 8..16: of 2c + 1.
+                    let sc = six_bits(blk.add(SCALES.0), blk.add(SCALES.1), c);
+                    let s0 = _mm256_cvtepu8_epi32(sc);
+                    let s1 = _mm256_cvtepu8_epi32(_mm_srli_si128(sc, 8));
+                    for r in 0..RA {
+                        sumi[r] = _mm256_add_epi32(
+                            sumi[r],
+                            _mm256_add_epi32(
+                                _mm256_mullo_epi32(acc_lo[r], s0),
+                                _mm256_mullo_epi32(acc_hi[r], s1),
+                            ),
+                        );
+                    }
+                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+                let mins: [__m256i; 4] = std::array::from_fn(|p| {
+                    _mm256_cvtepu8_epi16(six_bits(blk.add(MINS.0), blk.add(MINS.1), p))
+                });
+                for r in 0..RA {
+                    let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK + 8);
+                    let mut mn = _mm256_setzero_si256();
+                    for (p, mv) in mins.iter().enumerate() {
+                        mn = _mm256_add_epi32(
+                            mn,
+                            _mm256_madd_epi16(*mv, _mm256_set1_epi32(*pr.add(p))),
+                        );
+                    }
+                    let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                    facc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), _mm256_mul_ps(d, da), facc[r]);
+                    facc[r] =
+                        _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mn), _mm256_mul_ps(dmin, da), facc[r]);
+                }
+            }
+        }
+        store(facc)
+    }
+
+    /// Q8_0 weights are signed and `vpdpbusd` wants one unsigned operand: the weight bytes are
+    /// flipped to `w + 128` (one `vpxor` per vector, shared by all activation rows) and
+    /// `128 · Σx` is taken off each block's sum afterwards. Q4_0's nibbles are unsigned already.
+    ///
+    /// # Safety
+    /// As [`super::x86::b32x8`], and AVX-512 F, BW, VL and VNNI are available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn b32x8<const Q4: bool, const RA: usize>(
+        w: *const u8,
+        a: &[ActRow<'_>; RA],
+        pf: bool,
+    ) -> [[f32; ROWS]; RA] {
+        let nb = a[0].qs.len() / 32;
+        let pb = if Q4 { 144 } else { 272 };
+        let m4 = _mm256_set1_epi8(0xF);
+        let flip = _mm256_set1_epi8(-128);
+        let mut facc = [_mm256_setzero_ps(); RA];
+        for b in 0..nb {
+            // SAFETY (whole body): block b < nb of the group and of every activation row (the
+            // caller's contract); every offset stays inside one block of the group.
+            unsafe {
+                let blk = w.add(b * pb);
+                if pf && b % 2 == 0 {
+                    for off in (0..2 * pb).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
+                    }
+                }
+                let mut sumi = [_mm256_setzero_si256(); RA];
+                if Q4 {
+                    for e in 0..4 {
+                        let v = _mm256_loadu_si256(blk.add(16 + 32 * e) as *const __m256i);
+                        let lo = _mm256_and_si256(v, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        for r in 0..RA {
+                            let aq = a[r].qs.as_ptr().add(b * 32 + 4 * e);
+                            let alo = _mm256_set1_epi32((aq as *const i32).read_unaligned());
+                            let ahi =
+                                _mm256_set1_epi32((aq.add(16) as *const i32).read_unaligned());
+                            sumi[r] = _mm256_dpbusd_epi32(sumi[r], lo, alo);
+                            sumi[r] = _mm256_dpbusd_epi32(sumi[r], hi, ahi);
+                        }
+                    }
+                } else {
+                    for e in 0..8 {
+                        let v = _mm256_loadu_si256(blk.add(16 + 32 * e) as *const __m256i);
+                        let u = _mm256_xor_si256(v, flip);
+                        for r in 0..RA {
+                            let aq = a[r].qs.as_ptr().add(b * 32 + 4 * e);
+                            let x = _mm256_set1_epi32((aq as *const i32).read_unaligned());
+                            sumi[r] = _mm256_dpbusd_epi32(sumi[r], u, x);
+                        }
+                    }
+                }
+                let off = if Q4 { 8 } else { 128 };
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                for r in 0..RA {
+                    let s = _mm256_set1_epi32(off * *a[r].sums.get_unchecked(b));
+                    let tot = _mm256_sub_epi32(sumi[r], s);
+                    let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                    facc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, da), facc[r]);
+                }
+            }
+        }
+        store(facc)
+    }
+
+    /// # Safety
+    /// As [`super::x86::q6kx8`], and AVX-512 F, BW, VL and VNNI are available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q6kx8<const RA: usize>(
+        w: *const u8,
+        a: &[ActRow<'_>; RA],
+        pf: bool,
+    ) -> [[f32; ROWS]; RA] {
+        let nb = a[0].qs.len() / QK_K;
+        let m3f = _mm256_set1_epi8(0x3F);
+        let m3 = _mm256_set1_epi8(3);
+        let mc = _mm256_set1_epi8(0xC);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut facc = [_mm256_setzero_ps(); RA];
+        for b in 0..nb {
+            // SAFETY (whole body): super-block b < nb of the group and of every activation row
+            // (the caller's contract); every offset stays inside one 1680-byte super-block.
+            unsafe {
+                let blk = w.add(b * Q6KX8_BYTES);
+                if pf {
+                    for off in (0..Q6KX8_BYTES).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
+                    }
+                }
+                let mut sumi = [_mm256_setzero_si256(); RA];
+                for j in 0..16 {
+                    let v = blk.add(144 + 96 * j);
+                    let v0 = _mm256_loadu_si256(v as *const __m256i);
+                    let v1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
+                    let v2 = _mm256_loadu_si256(v.add(64) as *const __m256i);
+                    let top = _mm256_or_si256(
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3),
+                            _mm256_and_si256(_mm256_srli_epi16(v1, 4), mc),
+                        ),
+                        _mm256_and_si256(_mm256_srli_epi16(v2, 2), m30),
+                    );
+                    let q = [
+                        _mm256_and_si256(v0, m3f),
+                        _mm256_and_si256(v1, m3f),
+                        _mm256_and_si256(v2, m3f),
+                        top,
+                    ];
+                    // Row i's i8 scale of sub-block j in lane i.
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        blk.add(16 + 8 * j) as *const __m128i
+                    ));
+                    for r in 0..RA {
+                        let aq = a[r].qs.as_ptr().add(b * QK_K + 16 * j);
+                        let mut s = _mm256_setzero_si256();
+                        for (e, qe) in q.iter().enumerate() {
+                            let av =
+                                _mm256_set1_epi32((aq.add(4 * e) as *const i32).read_unaligned());
+                            s = _mm256_dpbusd_epi32(s, *qe, av);
+                        }
+                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(s, sc));
+                    }
+                }
+                let pairs: [__m256i; 8] = std::array::from_fn(|p| {
+                    let x = _mm_loadu_si128(blk.add(16 + 16 * p) as *const __m128i);
                     _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, _mm_srli_si128(x, 8)))
                 });
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
