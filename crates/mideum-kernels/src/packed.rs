@@ -532,7 +532,7 @@ impl PackedKernel {
     /// activation rows (of the source type's kind) of `k` elements each.
     ///
     /// `prefetch`: the group comes from DRAM (decode, or the first pass over a task's weights):
-    /// the AVX2 kernels then prefetch the weight stream 2 KiB ahead, which carries on into the
+    /// the SIMD kernels then prefetch the weight stream 2 KiB ahead, which carries on into the
     /// groups that follow `grp` in memory. Without it, a pass that reads each group from DRAM
     /// only once or twice (batched decode) waits on memory latency.
     ///
@@ -545,13 +545,48 @@ impl PackedKernel {
         a: &[ActRow<'_>; RA],
         prefetch: bool,
     ) -> [[f32; ROWS]; RA] {
+        let [out] = self.groups::<1, RA>(layout, [grp], a, prefetch);
+        out
+    }
+
+    /// Whether [`PackedKernel::groups`] with two groups runs faster than two calls of
+    /// [`PackedKernel::group`] for `layout` on groups in cache: with the VNNI kernels for the
+    /// 32-element blocks, where one activation broadcast then feeds two `vpdpbusd` (Q8_0
+    /// `pbench`, six activation rows, in L1 on a Zen 4: ~195 GMAC/s per core against ~170;
+    /// `bench -p 512 -t 2`: 109–115 t/s against 91–99). Q4_K gains in L1 (~190 against ~175)
+    /// but lost in the model (pp512 75–101 against 93–110 t/s), and Q6_K, whose unpacking is
+    /// the larger part, gains nothing.
+    pub fn prefers_pairs(self, layout: Packed) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == PackedKernel::Avx512Vnni {
+            return matches!(layout, Packed::Q8_0x8 | Packed::Q4_0x8);
+        }
+        let _ = layout;
+        false
+    }
+
+    /// [`PackedKernel::group`] for `G` groups at once: `out[g]` is group `grps[g]`'s. The
+    /// VNNI kernels share each activation broadcast between the groups; the others run one
+    /// group after the other. Results equal `G` calls of `group`.
+    ///
+    /// Panics if the shapes do not match.
+    #[inline]
+    pub fn groups<const G: usize, const RA: usize>(
+        self,
+        layout: Packed,
+        grps: [&[u8]; G],
+        a: &[ActRow<'_>; RA],
+        prefetch: bool,
+    ) -> [[[f32; ROWS]; RA]; G] {
         let Some(first) = a.first() else {
-            return [[0f32; ROWS]; RA];
+            return [[[0f32; ROWS]; RA]; G];
         };
         let k = first.qs.len();
         let be = layout.source().block_elems();
         assert!(k.is_multiple_of(be), "activation row shape");
-        assert!(grp.len() >= layout.group_bytes(k), "packed group shape");
+        for grp in grps {
+            assert!(grp.len() >= layout.group_bytes(k), "packed group shape");
+        }
         for r in a {
             let sums_ok = if be == QK_K {
                 r.sums.len() * 16 >= k && r.pairs.len() * QK_K >= k * crate::quant::PAIRS_PER_BLOCK
@@ -564,27 +599,28 @@ impl PackedKernel {
             );
         }
         match self {
-            PackedKernel::Scalar => scalar_group(layout, grp, a),
+            PackedKernel::Scalar => grps.map(|grp| scalar_group(layout, grp, a)),
             // SAFETY: `available`/`detect` only return this variant on CPUs with AVX2, FMA and
             // F16C; the shapes the raw reads rely on were checked above.
             #[cfg(target_arch = "x86_64")]
-            PackedKernel::Avx2 => unsafe {
+            PackedKernel::Avx2 => grps.map(|grp| unsafe {
                 match layout {
                     Packed::Q4Kx8 => x86::q4kx8::<RA>(grp.as_ptr(), a, prefetch),
                     Packed::Q6Kx8 => x86::q6kx8::<RA>(grp.as_ptr(), a, prefetch),
                     Packed::Q8_0x8 => x86::b32x8::<false, RA>(grp.as_ptr(), a, prefetch),
                     Packed::Q4_0x8 => x86::b32x8::<true, RA>(grp.as_ptr(), a, prefetch),
                 }
-            },
+            }),
             // SAFETY: only returned on CPUs with AVX2, FMA, F16C, AVX-512 F/BW/VL and VNNI;
             // shapes checked above.
             #[cfg(target_arch = "x86_64")]
             PackedKernel::Avx512Vnni => unsafe {
+                let w = grps.map(|grp| grp.as_ptr());
                 match layout {
-                    Packed::Q4Kx8 => vnni::q4kx8::<RA>(grp.as_ptr(), a, prefetch),
-                    Packed::Q6Kx8 => vnni::q6kx8::<RA>(grp.as_ptr(), a, prefetch),
-                    Packed::Q8_0x8 => vnni::b32x8::<false, RA>(grp.as_ptr(), a, prefetch),
-                    Packed::Q4_0x8 => vnni::b32x8::<true, RA>(grp.as_ptr(), a, prefetch),
+                    Packed::Q4Kx8 => vnni::q4kx8::<G, RA>(w, a, prefetch),
+                    Packed::Q6Kx8 => vnni::q6kx8::<G, RA>(w, a, prefetch),
+                    Packed::Q8_0x8 => vnni::b32x8::<false, G, RA>(w, a, prefetch),
+                    Packed::Q4_0x8 => vnni::b32x8::<true, G, RA>(w, a, prefetch),
                 }
             },
         }
@@ -793,7 +829,7 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn store<const RA: usize>(facc: [__m256; RA]) -> [[f32; ROWS]; RA] {
+    fn store<const RA: usize>(facc: [__m256; RA]) -> [[f32; ROWS]; RA] {
         let mut out = [[0f32; ROWS]; RA];
         for r in 0..RA {
             // SAFETY: `out[r]` holds 8 f32.
@@ -909,86 +945,146 @@ mod x86 {
 /// The same kernels with `vpdpbusd`: the integer sums are the AVX2 kernels' exactly (sums of
 /// four products accumulated in i32 instead of pairs in i16), so results are bit for bit the
 /// scalar twin's. Sub-block scales are applied with `vpmulld` on the i32 sums.
+///
+/// Each kernel takes `G` groups of eight rows at once: one broadcast of four activation bytes
+/// then feeds `G` `vpdpbusd`, so with two groups the broadcasts per multiply-add halve (the 32
+/// vector registers of AVX-512 hold the accumulators of both).
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // row, group and vector indices run over several arrays
 mod vnni {
-    use super::x86::{six_bits, store, PF};
+    use super::x86::{six_bits, PF};
     use super::*;
     use std::arch::x86_64::*;
 
-    /// # Safety
-    /// As [`super::x86::q4kx8`], and AVX-512 F, BW, VL and VNNI are available.
+    /// `G` groups' outputs from their accumulators.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn q4kx8<const RA: usize>(
-        w: *const u8,
+    fn store<const G: usize, const RA: usize>(facc: [[__m256; RA]; G]) -> [[[f32; ROWS]; RA]; G] {
+        let mut out = [[[0f32; ROWS]; RA]; G];
+        for g in 0..G {
+            for r in 0..RA {
+                // SAFETY: `out[g][r]` holds 8 f32.
+                unsafe { _mm256_storeu_ps(out[g][r].as_mut_ptr(), facc[g][r]) };
+            }
+        }
+        out
+    }
+
+    /// Prefetches the weight stream `PF` bytes ahead of `len` bytes at `p` (no effect on
+    /// results).
+    #[inline(always)]
+    fn prefetch(p: *const u8, len: usize) {
+        for off in (0..len).step_by(64) {
+            // SAFETY: a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF + off) as *const i8) };
+        }
+    }
+
+    /// # Safety
+    /// As [`super::x86::q4kx8`] for each of the `G` groups at `w`, and AVX-512 F, BW, VL and
+    /// VNNI are available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q4kx8<const G: usize, const RA: usize>(
+        w: [*const u8; G],
         a: &[ActRow<'_>; RA],
         pf: bool,
-    ) -> [[f32; ROWS]; RA] {
+    ) -> [[[f32; ROWS]; RA]; G] {
         const SCALES: (usize, usize) = q4k_six_at(false);
         const MINS: (usize, usize) = q4k_six_at(true);
         let nb = a[0].qs.len() / QK_K;
         let m4 = _mm256_set1_epi8(0xF);
-        let mut facc = [_mm256_setzero_ps(); RA];
+        let mut facc = [[_mm256_setzero_ps(); RA]; G];
         for b in 0..nb {
-            // SAFETY (whole body): super-block b < nb of the group and of every activation row
-            // (the caller's contract); every offset stays inside one 1152-byte super-block.
+            // SAFETY (whole body): super-block b < nb of each group and of every activation
+            // row (the caller's contract); every offset stays inside one 1152-byte super-block.
             unsafe {
-                let blk = w.add(b * Q4KX8_BYTES);
+                let blk: [*const u8; G] = std::array::from_fn(|g| w[g].add(b * Q4KX8_BYTES));
                 if pf {
-                    for off in (0..Q4KX8_BYTES).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
+                    for p in blk {
+                        prefetch(p, Q4KX8_BYTES);
                     }
                 }
-                let mut sumi = [_mm256_setzero_si256(); RA];
+                let mut sumi = [[_mm256_setzero_si256(); RA]; G];
                 for c in 0..4 {
-                    let mut acc_lo = [_mm256_setzero_si256(); RA];
-                    let mut acc_hi = [_mm256_setzero_si256(); RA];
-                    for e in 0..8 {
-                        let v =
-                            _mm256_loadu_si256(blk.add(128 + (c * 8 + e) * 32) as *const __m256i);
-                        let lo = _mm256_and_si256(v, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                        for r in 0..RA {
-                            let aq = a[r].qs.as_ptr().add(b * QK_K + 64 * c + 4 * e);
-                            let alo = _mm256_set1_epi32((aq as *const i32).read_unaligned());
-                            let ahi =
-                                _mm256_set1_epi32((aq.add(32) as *const i32).read_unaligned());
-                            acc_lo[r] = _mm256_dpbusd_epi32(acc_lo[r], lo, alo);
-                            acc_hi[r] = _mm256_dpbusd_epi32(acc_hi[r], hi, ahi);
+                    let sc: [__m128i; G] = std::array::from_fn(|g| {
+                        six_bits(blk[g].add(SCALES.0), blk[g].add(SCALES.1), c)
+                    });
+                    // The low nibbles are sub-block 2c, the high ones 2c + 1. One group takes
+                    // both in one pass over the chunk's 8 vectors; two groups take two passes
+                    // (the vectors are reloaded from L1), so that only one sub-block's
+                    // accumulators are live at a time.
+                    let passes = if G == 1 { 1 } else { 2 };
+                    for pass in 0..passes {
+                        let halves = if G == 1 { 0..2 } else { pass..pass + 1 };
+                        let mut acc = [[[_mm256_setzero_si256(); RA]; G]; 2];
+                        for e in 0..8 {
+                            let v: [__m256i; G] = std::array::from_fn(|g| {
+                                _mm256_loadu_si256(
+                                    blk[g].add(128 + (c * 8 + e) * 32) as *const __m256i
+                                )
+                            });
+                            for h in halves.clone() {
+                                let q = v.map(|x| {
+                                    if h == 0 {
+                                        _mm256_and_si256(x, m4)
+                                    } else {
+                                        _mm256_and_si256(_mm256_srli_epi16(x, 4), m4)
+                                    }
+                                });
+                                for r in 0..RA {
+                                    let aq =
+                                        a[r].qs.as_ptr().add(b * QK_K + 64 * c + 32 * h + 4 * e);
+                                    let x = _mm256_set1_epi32((aq as *const i32).read_unaligned());
+                                    for g in 0..G {
+                                        acc[h][g][r] = _mm256_dpbusd_epi32(acc[h][g][r], q[g], x);
+                                    }
+                                }
+                            }
+                        }
+                        // Bytes 0..8 of `sc`: the scales of sub-block 2c in rows 0..8; 8..16:
+                        // of 2c + 1.
+                        for h in halves {
+                            for g in 0..G {
+                                let s = if h == 0 {
+                                    sc[g]
+                                } else {
+                                    _mm_srli_si128(sc[g], 8)
+                                };
+                                let s = _mm256_cvtepu8_epi32(s);
+                                for r in 0..RA {
+                                    sumi[g][r] = _mm256_add_epi32(
+                                        sumi[g][r],
+                                        _mm256_mullo_epi32(acc[h][g][r], s),
+                                    );
+                                }
+                            }
                         }
                     }
-                    // Bytes 0..8: the scales of sub-block 2c in rows 0..8; 8..16: of 2c + 1.
-                    let sc = six_bits(blk.add(SCALES.0), blk.add(SCALES.1), c);
-                    let s0 = _mm256_cvtepu8_epi32(sc);
-                    let s1 = _mm256_cvtepu8_epi32(_mm_srli_si128(sc, 8));
-                    for r in 0..RA {
-                        sumi[r] = _mm256_add_epi32(
-                            sumi[r],
-                            _mm256_add_epi32(
-                                _mm256_mullo_epi32(acc_lo[r], s0),
-                                _mm256_mullo_epi32(acc_hi[r], s1),
-                            ),
-                        );
-                    }
                 }
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
-                let mins: [__m256i; 4] = std::array::from_fn(|p| {
-                    _mm256_cvtepu8_epi16(six_bits(blk.add(MINS.0), blk.add(MINS.1), p))
-                });
-                for r in 0..RA {
-                    let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK + 8);
-                    let mut mn = _mm256_setzero_si256();
-                    for (p, mv) in mins.iter().enumerate() {
-                        mn = _mm256_add_epi32(
-                            mn,
-                            _mm256_madd_epi16(*mv, _mm256_set1_epi32(*pr.add(p))),
+                for g in 0..G {
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[g] as *const __m128i));
+                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk[g].add(16) as *const __m128i));
+                    let mins: [__m256i; 4] = std::array::from_fn(|p| {
+                        _mm256_cvtepu8_epi16(six_bits(blk[g].add(MINS.0), blk[g].add(MINS.1), p))
+                    });
+                    for r in 0..RA {
+                        let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK + 8);
+                        let mut mn = _mm256_setzero_si256();
+                        for (p, mv) in mins.iter().enumerate() {
+                            mn = _mm256_add_epi32(
+                                mn,
+                                _mm256_madd_epi16(*mv, _mm256_set1_epi32(*pr.add(p))),
+                            );
+                        }
+                        let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                        let f = &mut facc[g][r];
+                        *f = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(sumi[g][r]),
+                            _mm256_mul_ps(d, da),
+                            *f,
                         );
+                        *f = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mn), _mm256_mul_ps(dmin, da), *f);
                     }
-                    let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
-                    facc[r] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), _mm256_mul_ps(d, da), facc[r]);
-                    facc[r] =
-                        _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mn), _mm256_mul_ps(dmin, da), facc[r]);
                 }
             }
         }
@@ -1000,62 +1096,76 @@ mod vnni {
     /// `128 · Σx` is taken off each block's sum afterwards. Q4_0's nibbles are unsigned already.
     ///
     /// # Safety
-    /// As [`super::x86::b32x8`], and AVX-512 F, BW, VL and VNNI are available.
+    /// As [`super::x86::b32x8`] for each of the `G` groups at `w`, and AVX-512 F, BW, VL and
+    /// VNNI are available.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn b32x8<const Q4: bool, const RA: usize>(
-        w: *const u8,
+    pub unsafe fn b32x8<const Q4: bool, const G: usize, const RA: usize>(
+        w: [*const u8; G],
         a: &[ActRow<'_>; RA],
         pf: bool,
-    ) -> [[f32; ROWS]; RA] {
+    ) -> [[[f32; ROWS]; RA]; G] {
         let nb = a[0].qs.len() / 32;
         let pb = if Q4 { 144 } else { 272 };
         let m4 = _mm256_set1_epi8(0xF);
         let flip = _mm256_set1_epi8(-128);
-        let mut facc = [_mm256_setzero_ps(); RA];
+        let mut facc = [[_mm256_setzero_ps(); RA]; G];
         for b in 0..nb {
-            // SAFETY (whole body): block b < nb of the group and of every activation row (the
-            // caller's contract); every offset stays inside one block of the group.
+            // SAFETY (whole body): block b < nb of each group and of every activation row (the
+            // caller's contract); every offset stays inside one block of a group.
             unsafe {
-                let blk = w.add(b * pb);
+                let blk: [*const u8; G] = std::array::from_fn(|g| w[g].add(b * pb));
                 if pf && b % 2 == 0 {
-                    for off in (0..2 * pb).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
+                    for p in blk {
+                        prefetch(p, 2 * pb);
                     }
                 }
-                let mut sumi = [_mm256_setzero_si256(); RA];
+                let mut sumi = [[_mm256_setzero_si256(); RA]; G];
                 if Q4 {
                     for e in 0..4 {
-                        let v = _mm256_loadu_si256(blk.add(16 + 32 * e) as *const __m256i);
-                        let lo = _mm256_and_si256(v, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        let v: [__m256i; G] = std::array::from_fn(|g| {
+                            _mm256_loadu_si256(blk[g].add(16 + 32 * e) as *const __m256i)
+                        });
+                        let lo = v.map(|x| _mm256_and_si256(x, m4));
+                        let hi = v.map(|x| _mm256_and_si256(_mm256_srli_epi16(x, 4), m4));
                         for r in 0..RA {
                             let aq = a[r].qs.as_ptr().add(b * 32 + 4 * e);
                             let alo = _mm256_set1_epi32((aq as *const i32).read_unaligned());
                             let ahi =
                                 _mm256_set1_epi32((aq.add(16) as *const i32).read_unaligned());
-                            sumi[r] = _mm256_dpbusd_epi32(sumi[r], lo, alo);
-                            sumi[r] = _mm256_dpbusd_epi32(sumi[r], hi, ahi);
+                            for g in 0..G {
+                                sumi[g][r] = _mm256_dpbusd_epi32(sumi[g][r], lo[g], alo);
+                                sumi[g][r] = _mm256_dpbusd_epi32(sumi[g][r], hi[g], ahi);
+                            }
                         }
                     }
                 } else {
                     for e in 0..8 {
-                        let v = _mm256_loadu_si256(blk.add(16 + 32 * e) as *const __m256i);
-                        let u = _mm256_xor_si256(v, flip);
+                        let u: [__m256i; G] = std::array::from_fn(|g| {
+                            let v = _mm256_loadu_si256(blk[g].add(16 + 32 * e) as *const __m256i);
+                            _mm256_xor_si256(v, flip)
+                        });
                         for r in 0..RA {
                             let aq = a[r].qs.as_ptr().add(b * 32 + 4 * e);
                             let x = _mm256_set1_epi32((aq as *const i32).read_unaligned());
-                            sumi[r] = _mm256_dpbusd_epi32(sumi[r], u, x);
+                            for g in 0..G {
+                                sumi[g][r] = _mm256_dpbusd_epi32(sumi[g][r], u[g], x);
+                            }
                         }
                     }
                 }
                 let off = if Q4 { 8 } else { 128 };
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-                for r in 0..RA {
-                    let s = _mm256_set1_epi32(off * *a[r].sums.get_unchecked(b));
-                    let tot = _mm256_sub_epi32(sumi[r], s);
-                    let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
-                    facc[r] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, da), facc[r]);
+                for g in 0..G {
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[g] as *const __m128i));
+                    for r in 0..RA {
+                        let s = _mm256_set1_epi32(off * *a[r].sums.get_unchecked(b));
+                        let tot = _mm256_sub_epi32(sumi[g][r], s);
+                        let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                        facc[g][r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(tot),
+                            _mm256_mul_ps(d, da),
+                            facc[g][r],
+                        );
+                    }
                 }
             }
         }
@@ -1063,81 +1173,96 @@ mod vnni {
     }
 
     /// # Safety
-    /// As [`super::x86::q6kx8`], and AVX-512 F, BW, VL and VNNI are available.
+    /// As [`super::x86::q6kx8`] for each of the `G` groups at `w`, and AVX-512 F, BW, VL and
+    /// VNNI are available.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn q6kx8<const RA: usize>(
-        w: *const u8,
+    pub unsafe fn q6kx8<const G: usize, const RA: usize>(
+        w: [*const u8; G],
         a: &[ActRow<'_>; RA],
         pf: bool,
-    ) -> [[f32; ROWS]; RA] {
+    ) -> [[[f32; ROWS]; RA]; G] {
         let nb = a[0].qs.len() / QK_K;
         let m3f = _mm256_set1_epi8(0x3F);
         let m3 = _mm256_set1_epi8(3);
         let mc = _mm256_set1_epi8(0xC);
         let m30 = _mm256_set1_epi8(0x30);
-        let mut facc = [_mm256_setzero_ps(); RA];
+        let mut facc = [[_mm256_setzero_ps(); RA]; G];
         for b in 0..nb {
-            // SAFETY (whole body): super-block b < nb of the group and of every activation row
-            // (the caller's contract); every offset stays inside one 1680-byte super-block.
+            // SAFETY (whole body): super-block b < nb of each group and of every activation
+            // row (the caller's contract); every offset stays inside one 1680-byte super-block.
             unsafe {
-                let blk = w.add(b * Q6KX8_BYTES);
+                let blk: [*const u8; G] = std::array::from_fn(|g| w[g].add(b * Q6KX8_BYTES));
                 if pf {
-                    for off in (0..Q6KX8_BYTES).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
+                    for p in blk {
+                        prefetch(p, Q6KX8_BYTES);
                     }
                 }
-                let mut sumi = [_mm256_setzero_si256(); RA];
+                let mut sumi = [[_mm256_setzero_si256(); RA]; G];
                 for j in 0..16 {
-                    let v = blk.add(144 + 96 * j);
-                    let v0 = _mm256_loadu_si256(v as *const __m256i);
-                    let v1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
-                    let v2 = _mm256_loadu_si256(v.add(64) as *const __m256i);
-                    let top = _mm256_or_si256(
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3),
-                            _mm256_and_si256(_mm256_srli_epi16(v1, 4), mc),
-                        ),
-                        _mm256_and_si256(_mm256_srli_epi16(v2, 2), m30),
-                    );
-                    let q = [
-                        _mm256_and_si256(v0, m3f),
-                        _mm256_and_si256(v1, m3f),
-                        _mm256_and_si256(v2, m3f),
-                        top,
-                    ];
+                    let q: [[__m256i; 4]; G] = std::array::from_fn(|g| {
+                        let v = blk[g].add(144 + 96 * j);
+                        let v0 = _mm256_loadu_si256(v as *const __m256i);
+                        let v1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
+                        let v2 = _mm256_loadu_si256(v.add(64) as *const __m256i);
+                        let top = _mm256_or_si256(
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3),
+                                _mm256_and_si256(_mm256_srli_epi16(v1, 4), mc),
+                            ),
+                            _mm256_and_si256(_mm256_srli_epi16(v2, 2), m30),
+                        );
+                        [
+                            _mm256_and_si256(v0, m3f),
+                            _mm256_and_si256(v1, m3f),
+                            _mm256_and_si256(v2, m3f),
+                            top,
+                        ]
+                    });
                     // Row i's i8 scale of sub-block j in lane i.
-                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        blk.add(16 + 8 * j) as *const __m128i
-                    ));
+                    let sc: [__m256i; G] = std::array::from_fn(|g| {
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            blk[g].add(16 + 8 * j) as *const __m128i
+                        ))
+                    });
                     for r in 0..RA {
                         let aq = a[r].qs.as_ptr().add(b * QK_K + 16 * j);
-                        let mut s = _mm256_setzero_si256();
-                        for (e, qe) in q.iter().enumerate() {
+                        let mut s = [_mm256_setzero_si256(); G];
+                        for e in 0..4 {
                             let av =
                                 _mm256_set1_epi32((aq.add(4 * e) as *const i32).read_unaligned());
-                            s = _mm256_dpbusd_epi32(s, *qe, av);
+                            for g in 0..G {
+                                s[g] = _mm256_dpbusd_epi32(s[g], q[g][e], av);
+                            }
                         }
-                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(s, sc));
+                        for g in 0..G {
+                            sumi[g][r] =
+                                _mm256_add_epi32(sumi[g][r], _mm256_mullo_epi32(s[g], sc[g]));
+                        }
                     }
                 }
-                let pairs: [__m256i; 8] = std::array::from_fn(|p| {
-                    let x = _mm_loadu_si128(blk.add(16 + 16 * p) as *const __m128i);
-                    _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, _mm_srli_si128(x, 8)))
-                });
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-                for r in 0..RA {
-                    let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK);
-                    let mut corr = _mm256_setzero_si256();
-                    for (p, sp) in pairs.iter().enumerate() {
-                        corr = _mm256_add_epi32(
-                            corr,
-                            _mm256_madd_epi16(*sp, _mm256_set1_epi32(*pr.add(p))),
+                for g in 0..G {
+                    let pairs: [__m256i; 8] = std::array::from_fn(|p| {
+                        let x = _mm_loadu_si128(blk[g].add(16 + 16 * p) as *const __m128i);
+                        _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, _mm_srli_si128(x, 8)))
+                    });
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[g] as *const __m128i));
+                    for r in 0..RA {
+                        let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK);
+                        let mut corr = _mm256_setzero_si256();
+                        for (p, sp) in pairs.iter().enumerate() {
+                            corr = _mm256_add_epi32(
+                                corr,
+                                _mm256_madd_epi16(*sp, _mm256_set1_epi32(*pr.add(p))),
+                            );
+                        }
+                        let tot = _mm256_sub_epi32(sumi[g][r], _mm256_slli_epi32(corr, 5));
+                        let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                        facc[g][r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(tot),
+                            _mm256_mul_ps(d, da),
+                            facc[g][r],
                         );
                     }
-                    let tot = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(corr, 5));
-                    let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
-                    facc[r] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, da), facc[r]);
                 }
             }
         }
@@ -1225,6 +1350,13 @@ mod tests {
             act.quantize(&x, 5, k, qt.act_kind());
             let rows: [ActRow<'_>; 5] = std::array::from_fn(|r| act.row(r, qt.act_kind()));
             let want5 = scalar_group::<5>(layout, &p, &rows);
+            // A second matrix of two groups for the two-group kernels.
+            let w2 = matrix(qt, 2 * ROWS, k, seed ^ 0x5eed);
+            let gb = layout.group_bytes(k);
+            let mut p2 = vec![0u8; layout.bytes(2 * ROWS, k)];
+            pack(layout, &w2, 2 * ROWS, k, &mut p2);
+            let want2a = scalar_group::<5>(layout, &p2[..gb], &rows);
+            let want2b = scalar_group::<5>(layout, &p2[gb..], &rows);
             for kern in PackedKernel::available() {
                 let g1 = kern.group::<1>(layout, &p, &[rows[3]], true);
                 let g4 = kern.group::<4>(layout, &p, &[rows[0], rows[1], rows[2], rows[4]], false);
@@ -1236,6 +1368,15 @@ mod tests {
                     }
                     for r in 0..5 {
                         prop_assert_eq!(g5[r][i].to_bits(), want5[r][i].to_bits(), "{:?}", kern);
+                    }
+                }
+                // Two groups at once: the same as each alone.
+                let g2 = kern.groups::<2, 5>(layout, [&p2[..gb], &p2[gb..]], &rows, false);
+                for (g, w) in [&want2a, &want2b].iter().enumerate() {
+                    for r in 0..5 {
+                        for i in 0..ROWS {
+                            prop_assert_eq!(g2[g][r][i].to_bits(), w[r][i].to_bits(), "{:?}", kern);
+                        }
                     }
                 }
                 // The wider steps of the many-rows path (rows repeat: the twin is per row).
