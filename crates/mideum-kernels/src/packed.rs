@@ -973,6 +973,16 @@ mod vnni {
     /// Prefetches the weight stream `PF` bytes ahead of `len` bytes at `p` (no effect on
     /// results).
     #[inline(always)]
+    fn prefetch_lines(p: *const u8, from: usize, to: usize) {
+        let mut off = from & !63;
+        while off < to {
+            // SAFETY: a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF + off) as *const i8) };
+            off += 64;
+        }
+    }
+
+    #[inline(always)]
     fn prefetch(p: *const u8, len: usize) {
         for off in (0..len).step_by(64) {
             // SAFETY: a prefetch never faults.
@@ -999,13 +1009,14 @@ mod vnni {
             // row (the caller's contract); every offset stays inside one 1152-byte super-block.
             unsafe {
                 let blk: [*const u8; G] = std::array::from_fn(|g| w[g].add(b * Q4KX8_BYTES));
-                if pf {
-                    for p in blk {
-                        prefetch(p, Q4KX8_BYTES);
-                    }
-                }
+
                 let mut sumi = [[_mm256_setzero_si256(); RA]; G];
                 for c in 0..4 {
+                    if pf {
+                        for p in blk {
+                            prefetch_lines(p, c * Q4KX8_BYTES / 4, (c + 1) * Q4KX8_BYTES / 4);
+                        }
+                    }
                     let sc: [__m128i; G] = std::array::from_fn(|g| {
                         six_bits(blk[g].add(SCALES.0), blk[g].add(SCALES.1), c)
                     });
@@ -1192,13 +1203,14 @@ mod vnni {
             // row (the caller's contract); every offset stays inside one 1680-byte super-block.
             unsafe {
                 let blk: [*const u8; G] = std::array::from_fn(|g| w[g].add(b * Q6KX8_BYTES));
-                if pf {
-                    for p in blk {
-                        prefetch(p, Q6KX8_BYTES);
-                    }
-                }
+
                 let mut sumi = [[_mm256_setzero_si256(); RA]; G];
                 for j in 0..16 {
+                    if pf && j % 4 == 0 {
+                        for p in blk {
+                            prefetch_lines(p, j * Q6KX8_BYTES / 16, (j + 4) * Q6KX8_BYTES / 16);
+                        }
+                    }
                     let q: [[__m256i; 4]; G] = std::array::from_fn(|g| {
                         let v = blk[g].add(144 + 96 * j);
                         let v0 = _mm256_loadu_si256(v as *const __m256i);
