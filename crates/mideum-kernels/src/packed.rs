@@ -638,6 +638,20 @@ mod x86 {
     /// not move beyond the noise (Q4_K_M 2 threads: 16.13, 14.81 against 15.66, 14.74).
     pub(super) const PF: usize = 2048;
 
+    /// Prefetches the cache lines `PF` bytes ahead of bytes `from..to` of the block at `p` (no
+    /// effect on results). The K-quant kernels call it once per part of a super-block, so that
+    /// the prefetches spread over the block's work instead of arriving in one burst that fills
+    /// the core's miss queues (Q4_K_M decode ran 5–20% faster that way on a Zen 4).
+    #[inline(always)]
+    pub(super) fn prefetch_lines(p: *const u8, from: usize, to: usize) {
+        let mut off = from & !63;
+        while off < to {
+            // SAFETY: a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF + off) as *const i8) };
+            off += 64;
+        }
+    }
+
     /// # Safety
     /// AVX2, FMA and F16C are available; `w` points at a full group of `k / 256` super-blocks;
     /// every `a[r]` has `k` values, `k / 256` scales and `k / 16` sums.
@@ -657,13 +671,11 @@ mod x86 {
             // (the caller's contract); every offset stays inside one 1152-byte super-block.
             unsafe {
                 let blk = w.add(b * Q4KX8_BYTES);
-                if pf {
-                    for off in (0..Q4KX8_BYTES).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
-                    }
-                }
                 let mut sumi = [_mm256_setzero_si256(); RA];
                 for c in 0..4 {
+                    if pf {
+                        prefetch_lines(blk, c * Q4KX8_BYTES / 4, (c + 1) * Q4KX8_BYTES / 4);
+                    }
                     let mut acc_lo = [_mm256_setzero_si256(); RA];
                     let mut acc_hi = [_mm256_setzero_si256(); RA];
                     for e in 0..8 {
@@ -857,13 +869,11 @@ mod x86 {
             // (the caller's contract); every offset stays inside one 1680-byte super-block.
             unsafe {
                 let blk = w.add(b * Q6KX8_BYTES);
-                if pf {
-                    for off in (0..Q6KX8_BYTES).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF + off) as *const i8);
-                    }
-                }
                 let mut sumi = [_mm256_setzero_si256(); RA];
                 for j in 0..16 {
+                    if pf && j % 4 == 0 {
+                        prefetch_lines(blk, j * Q6KX8_BYTES / 16, (j + 4) * Q6KX8_BYTES / 16);
+                    }
                     let v = blk.add(144 + 96 * j);
                     let v0 = _mm256_loadu_si256(v as *const __m256i);
                     let v1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
@@ -952,7 +962,7 @@ mod x86 {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // row, group and vector indices run over several arrays
 mod vnni {
-    use super::x86::{six_bits, PF};
+    use super::x86::{prefetch_lines, six_bits, PF};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -972,16 +982,6 @@ mod vnni {
 
     /// Prefetches the weight stream `PF` bytes ahead of `len` bytes at `p` (no effect on
     /// results).
-    #[inline(always)]
-    fn prefetch_lines(p: *const u8, from: usize, to: usize) {
-        let mut off = from & !63;
-        while off < to {
-            // SAFETY: a prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF + off) as *const i8) };
-            off += 64;
-        }
-    }
-
     #[inline(always)]
     fn prefetch(p: *const u8, len: usize) {
         for off in (0..len).step_by(64) {
