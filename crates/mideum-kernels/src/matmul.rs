@@ -426,10 +426,15 @@ fn run_packed(
         // Up to 8 rows in one step, more in steps of six. The first step's kernels prefetch
         // the weight stream from DRAM; later steps find the task's groups in L1/L2, so the
         // weights are read from DRAM once however many steps there are. Q4_K splits 7 or 8
-        // rows too: its 8-row kernel runs out of registers (`pbench`: ~23 GMAC/s per core
-        // against ~29 with six rows; the other layouts run as fast with 8 as with 6).
+        // rows too with the AVX2 kernels: their 8-row Q4_K kernel runs out of the 16 vector
+        // registers (`pbench`: ~23 GMAC/s per core against ~29 with six rows; the other
+        // layouts run as fast with 8 as with 6). The VNNI kernels have 32 registers and run
+        // Q4_K as fast with 8 rows as with 6, so 8 decode streams take one pass, whose
+        // arithmetic overlaps the weight stream, instead of a memory-bound pass of two rows
+        // and a compute-bound pass of six.
+        let whole = layout != Packed::Q4Kx8 || pk.has_32_registers();
         let n = match t - tt {
-            n @ 7..=8 if layout != Packed::Q4Kx8 => n,
+            n @ 7..=8 if whole => n,
             n @ ..=6 => n,
             n @ 7..=11 => n - 6,
             _ => PACKED_RA,

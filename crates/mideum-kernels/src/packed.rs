@@ -549,6 +549,16 @@ impl PackedKernel {
         out
     }
 
+    /// Whether the kernel is compiled for 32 vector registers (AVX-512), so that its
+    /// accumulators for eight activation rows fit without spilling.
+    pub fn has_32_registers(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == PackedKernel::Avx512Vnni {
+            return true;
+        }
+        false
+    }
+
     /// Whether [`PackedKernel::groups`] with two groups runs faster than two calls of
     /// [`PackedKernel::group`] for `layout` on groups in cache: with the VNNI kernels for the
     /// 32-element blocks, where one activation broadcast then feeds two `vpdpbusd` (Q8_0
