@@ -472,23 +472,24 @@ fn packed_step<const R: usize>(
     let a: [_; R] = std::array::from_fn(|r| act.row(tt + r, kind));
     let grp = |j: usize| &job.w[j / packed::ROWS * gb..(j / packed::ROWS + 1) * gb];
     // Pairs only for groups already in cache: in a pass from DRAM (decode) the two groups'
-    // streams ran 1-thread decode ~30% slower (`bench -p 0 -n 64 -t 1`, Q4_K_M 10.8–11.5
-    // against 15.3–16.3 t/s).
+    // streams ran 1-thread decode slower (`bench -p 0 -n 64 -t 1`: Q8_0 9.5–10.2 against
+    // 11.6–12.0 t/s, Q4_K_M 10.8–11.5 against 15.3–16.3).
     let pairs = !pf && pk.prefers_pairs(layout);
     let mut j = j0;
     while j < j1 {
-        // SAFETY (the puts): the calling task owns columns j0..j1 of every output row, and the
-        // columns written lie inside them (tasks cover whole groups).
         if pairs && j + 2 * packed::ROWS <= j1 {
             let out = pk.groups::<2, R>(layout, [grp(j), grp(j + packed::ROWS)], &a, pf);
             for (g, o) in out.iter().enumerate() {
                 for (r, v) in o.iter().enumerate() {
+                    // SAFETY: the calling task owns columns j0..j1 of every output row, and
+                    // j..j + 16 lies inside them (tasks cover whole groups).
                     unsafe { job.put(tt + r, j + g * packed::ROWS, v) };
                 }
             }
             j += 2 * packed::ROWS;
         } else {
             for (r, v) in pk.group::<R>(layout, grp(j), &a, pf).iter().enumerate() {
+                // SAFETY: as above, for j..j + 8.
                 unsafe { job.put(tt + r, j, v) };
             }
             j += packed::ROWS;

@@ -490,7 +490,8 @@ pub enum PackedKernel {
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// `vpdpbusd` on 256-bit vectors (AVX-512 VNNI with VL): one instruction per four bytes
-    /// of eight rows where AVX2 needs `vpmaddubsw` and an add (Zen 4 runs two per cycle).
+    /// of eight rows where AVX2 needs two (`vpmaddubsw` and an add) to four (Q8_0's sign
+    /// trick).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
 }
@@ -651,7 +652,7 @@ mod x86 {
     /// Prefetches the cache lines `PF` bytes ahead of bytes `from..to` of the block at `p` (no
     /// effect on results). The K-quant kernels call it once per part of a super-block, so that
     /// the prefetches spread over the block's work instead of arriving in one burst that fills
-    /// the core's miss queues (Q4_K_M decode ran 5–20% faster that way on a Zen 4).
+    /// the core's miss queues (Q4_K_M decode ran ~5–25% faster that way on a Zen 4).
     #[inline(always)]
     pub(super) fn prefetch_lines(p: *const u8, from: usize, to: usize) {
         let mut off = from & !63;
