@@ -725,14 +725,7 @@ mod x86 {
                 });
                 for r in 0..RA {
                     // Sums of sub-blocks 2p and 2p + 1 as an i16 pair (ActQ8::pairs).
-                    let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK + 8);
-                    let mut mn = _mm256_setzero_si256();
-                    for (p, mv) in mins.iter().enumerate() {
-                        mn = _mm256_add_epi32(
-                            mn,
-                            _mm256_madd_epi16(*mv, _mm256_set1_epi32(*pr.add(p))),
-                        );
-                    }
+                    let mn = pair_dot(&mins, a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK + 8));
                     let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
                     facc[r] =
                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), _mm256_mul_ps(d, da), facc[r]);
@@ -850,6 +843,75 @@ mod x86 {
         _mm_or_si128(lo, _mm_and_si128(hi, _mm_set1_epi8(0x30)))
     }
 
+    /// The four groups of four elements of a packed Q6_K sub-block whose three vectors start
+    /// at `v`, as six-bit values for 8 rows each: the low six bits of each vector, and group 3
+    /// from their top two bits (the 16-bit shifts move bits across bytes; the masks keep only
+    /// the wanted ones).
+    ///
+    /// # Safety
+    /// AVX2 is available; `v` points at 96 readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q6k_groups(v: *const u8) -> [__m256i; 4] {
+        let (m3f, m3) = (_mm256_set1_epi8(0x3F), _mm256_set1_epi8(3));
+        let (mc, m30) = (_mm256_set1_epi8(0xC), _mm256_set1_epi8(0x30));
+        // SAFETY: three 32-byte loads inside the 96 bytes (the caller's contract).
+        let (v0, v1, v2) = unsafe {
+            (
+                _mm256_loadu_si256(v as *const __m256i),
+                _mm256_loadu_si256(v.add(32) as *const __m256i),
+                _mm256_loadu_si256(v.add(64) as *const __m256i),
+            )
+        };
+        let top = _mm256_or_si256(
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3),
+                _mm256_and_si256(_mm256_srli_epi16(v1, 4), mc),
+            ),
+            _mm256_and_si256(_mm256_srli_epi16(v2, 2), m30),
+        );
+        [
+            _mm256_and_si256(v0, m3f),
+            _mm256_and_si256(v1, m3f),
+            _mm256_and_si256(v2, m3f),
+            top,
+        ]
+    }
+
+    /// The i8 scales of a packed Q6_K super-block at `blk`, sub-blocks `2p` and `2p + 1`
+    /// interleaved per row as i16 pairs (pair `p` in vector `p`).
+    ///
+    /// # Safety
+    /// AVX2 is available; `blk` points at a whole 1680-byte super-block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q6k_scale_pairs(blk: *const u8) -> [__m256i; 8] {
+        std::array::from_fn(|p| {
+            // SAFETY: bytes 16 + 16p .. 32 + 16p lie inside the scales (the caller's
+            // contract). Each 16-byte load holds sub-blocks 2p (low 8 bytes) and 2p + 1.
+            let x = unsafe { _mm_loadu_si128(blk.add(16 + 16 * p) as *const __m128i) };
+            _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, _mm_srli_si128(x, 8)))
+        })
+    }
+
+    /// `Σ_p vpmaddwd(w[p], pair p of an activation row)`: per row, the row's i16 pairs of
+    /// scales or mins against the activation's i16 pairs of sub-block sums at `pr`
+    /// ([`ActQ8::pairs`](crate::quant::ActQ8::pairs)).
+    ///
+    /// # Safety
+    /// AVX2 is available; `pr` points at `N` readable i32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn pair_dot<const N: usize>(w: &[__m256i; N], pr: *const i32) -> __m256i {
+        let mut acc = _mm256_setzero_si256();
+        for (p, wp) in w.iter().enumerate() {
+            // SAFETY: p < N (the caller's contract).
+            let x = unsafe { *pr.add(p) };
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(*wp, _mm256_set1_epi32(x)));
+        }
+        acc
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn store<const RA: usize>(facc: [__m256; RA]) -> [[f32; ROWS]; RA] {
@@ -870,10 +932,6 @@ mod x86 {
         pf: bool,
     ) -> [[f32; ROWS]; RA] {
         let nb = a[0].qs.len() / QK_K;
-        let m3f = _mm256_set1_epi8(0x3F);
-        let m3 = _mm256_set1_epi8(3);
-        let mc = _mm256_set1_epi8(0xC);
-        let m30 = _mm256_set1_epi8(0x30);
         let mut facc = [_mm256_setzero_ps(); RA];
         for b in 0..nb {
             // SAFETY (whole body): super-block b < nb of the group and of every activation row
@@ -885,26 +943,7 @@ mod x86 {
                     if pf && j % 4 == 0 {
                         prefetch_lines(blk, j * Q6KX8_BYTES / 16, (j + 4) * Q6KX8_BYTES / 16);
                     }
-                    let v = blk.add(144 + 96 * j);
-                    let v0 = _mm256_loadu_si256(v as *const __m256i);
-                    let v1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
-                    let v2 = _mm256_loadu_si256(v.add(64) as *const __m256i);
-                    // Six-bit values of the sub-block's four groups of four elements, 8 rows each:
-                    // the low six bits of each vector, and group 3 from their top two bits (the
-                    // 16-bit shifts move bits across bytes; the masks keep only the wanted ones).
-                    let top = _mm256_or_si256(
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3),
-                            _mm256_and_si256(_mm256_srli_epi16(v1, 4), mc),
-                        ),
-                        _mm256_and_si256(_mm256_srli_epi16(v2, 2), m30),
-                    );
-                    let q = [
-                        _mm256_and_si256(v0, m3f),
-                        _mm256_and_si256(v1, m3f),
-                        _mm256_and_si256(v2, m3f),
-                        top,
-                    ];
+                    let q = q6k_groups(blk.add(144 + 96 * j));
                     // Row i's i8 scale of sub-block j in both i16 halves of lane i.
                     let sc8 = _mm_loadl_epi64(blk.add(16 + 8 * j) as *const __m128i);
                     let sc = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sc8, sc8));
@@ -929,29 +968,10 @@ mod x86 {
                 }
                 // The −32 offset: Σ_j sc_j · (sum of the activations of sub-block j), with the
                 // scales of sub-blocks 2p and 2p + 1 interleaved per row as i16 pairs.
-                let scb = _mm_loadu_si128(blk.add(16) as *const __m128i);
-                let scb2 = _mm_loadu_si128(blk.add(32) as *const __m128i);
-                let scb3 = _mm_loadu_si128(blk.add(48) as *const __m128i);
-                let scb4 = _mm_loadu_si128(blk.add(64) as *const __m128i);
-                let scb5 = _mm_loadu_si128(blk.add(80) as *const __m128i);
-                let scb6 = _mm_loadu_si128(blk.add(96) as *const __m128i);
-                let scb7 = _mm_loadu_si128(blk.add(112) as *const __m128i);
-                let scb8 = _mm_loadu_si128(blk.add(128) as *const __m128i);
-                // Each 16-byte load holds sub-blocks 2p (low 8 bytes) and 2p + 1 (high 8).
-                let pairs: [__m256i; 8] = std::array::from_fn(|p| {
-                    let x = [scb, scb2, scb3, scb4, scb5, scb6, scb7, scb8][p];
-                    _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, _mm_srli_si128(x, 8)))
-                });
+                let pairs = q6k_scale_pairs(blk);
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
                 for r in 0..RA {
-                    let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK);
-                    let mut corr = _mm256_setzero_si256();
-                    for (p, sp) in pairs.iter().enumerate() {
-                        corr = _mm256_add_epi32(
-                            corr,
-                            _mm256_madd_epi16(*sp, _mm256_set1_epi32(*pr.add(p))),
-                        );
-                    }
+                    let corr = pair_dot(&pairs, a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK));
                     let tot = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(corr, 5));
                     let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
                     facc[r] =
@@ -973,7 +993,7 @@ mod x86 {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // row, group and vector indices run over several arrays
 mod vnni {
-    use super::x86::{prefetch_lines, six_bits, PF};
+    use super::x86::{pair_dot, prefetch_lines, q6k_groups, q6k_scale_pairs, six_bits, PF};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -1090,14 +1110,7 @@ mod vnni {
                         _mm256_cvtepu8_epi16(six_bits(blk[g].add(MINS.0), blk[g].add(MINS.1), p))
                     });
                     for r in 0..RA {
-                        let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK + 8);
-                        let mut mn = _mm256_setzero_si256();
-                        for (p, mv) in mins.iter().enumerate() {
-                            mn = _mm256_add_epi32(
-                                mn,
-                                _mm256_madd_epi16(*mv, _mm256_set1_epi32(*pr.add(p))),
-                            );
-                        }
+                        let mn = pair_dot(&mins, a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK + 8));
                         let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
                         let f = &mut facc[g][r];
                         *f = _mm256_fmadd_ps(
@@ -1204,10 +1217,6 @@ mod vnni {
         pf: bool,
     ) -> [[[f32; ROWS]; RA]; G] {
         let nb = a[0].qs.len() / QK_K;
-        let m3f = _mm256_set1_epi8(0x3F);
-        let m3 = _mm256_set1_epi8(3);
-        let mc = _mm256_set1_epi8(0xC);
-        let m30 = _mm256_set1_epi8(0x30);
         let mut facc = [[_mm256_setzero_ps(); RA]; G];
         for b in 0..nb {
             // SAFETY (whole body): super-block b < nb of each group and of every activation
@@ -1222,25 +1231,8 @@ mod vnni {
                             prefetch_lines(p, j * Q6KX8_BYTES / 16, (j + 4) * Q6KX8_BYTES / 16);
                         }
                     }
-                    let q: [[__m256i; 4]; G] = std::array::from_fn(|g| {
-                        let v = blk[g].add(144 + 96 * j);
-                        let v0 = _mm256_loadu_si256(v as *const __m256i);
-                        let v1 = _mm256_loadu_si256(v.add(32) as *const __m256i);
-                        let v2 = _mm256_loadu_si256(v.add(64) as *const __m256i);
-                        let top = _mm256_or_si256(
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3),
-                                _mm256_and_si256(_mm256_srli_epi16(v1, 4), mc),
-                            ),
-                            _mm256_and_si256(_mm256_srli_epi16(v2, 2), m30),
-                        );
-                        [
-                            _mm256_and_si256(v0, m3f),
-                            _mm256_and_si256(v1, m3f),
-                            _mm256_and_si256(v2, m3f),
-                            top,
-                        ]
-                    });
+                    let q: [[__m256i; 4]; G] =
+                        std::array::from_fn(|g| q6k_groups(blk[g].add(144 + 96 * j)));
                     // Row i's i8 scale of sub-block j in lane i.
                     let sc: [__m256i; G] = std::array::from_fn(|g| {
                         _mm256_cvtepi8_epi32(_mm_loadl_epi64(
@@ -1264,20 +1256,10 @@ mod vnni {
                     }
                 }
                 for g in 0..G {
-                    let pairs: [__m256i; 8] = std::array::from_fn(|p| {
-                        let x = _mm_loadu_si128(blk[g].add(16 + 16 * p) as *const __m128i);
-                        _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x, _mm_srli_si128(x, 8)))
-                    });
+                    let pairs = q6k_scale_pairs(blk[g]);
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[g] as *const __m128i));
                     for r in 0..RA {
-                        let pr = a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK);
-                        let mut corr = _mm256_setzero_si256();
-                        for (p, sp) in pairs.iter().enumerate() {
-                            corr = _mm256_add_epi32(
-                                corr,
-                                _mm256_madd_epi16(*sp, _mm256_set1_epi32(*pr.add(p))),
-                            );
-                        }
+                        let corr = pair_dot(&pairs, a[r].pairs.as_ptr().add(b * PAIRS_PER_BLOCK));
                         let tot = _mm256_sub_epi32(sumi[g][r], _mm256_slli_epi32(corr, 5));
                         let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
                         facc[g][r] = _mm256_fmadd_ps(
